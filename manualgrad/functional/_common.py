@@ -1,0 +1,60 @@
+"""Small pieces every manualgrad Function shares: forward-AD detection and torch-style input checks.
+
+Conventions of every Function in :mod:`manualgrad.functional`:
+
+* ``forward`` / ``setup_context`` / ``backward`` / ``jvp`` style, ``generate_vmap_rule = True``.
+* only ``ctx.save_for_backward`` holds tensors (``save_for_forward`` too while forward AD is on);
+  ``ctx`` keeps plain Python values only.
+* intermediates the backward needs (a hidden layer's ``z`` or ``a``) are returned from ``forward``
+  as extra, hidden outputs, so that the backward stays differentiable through them (double
+  backward) and ``setup_context`` can save them.
+* ``ctx.needs_input_grad`` decides which of grad_input / grad_weight / grad_bias are computed.
+* the backward computes in ``grad_output``'s dtype: under autocast the forward ran in the autocast
+  dtype, the saved float32 parameters are cast to it, and autograd casts each gradient back to
+  its input's dtype (what ``torch.amp.custom_bwd`` would arrange).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch.autograd import forward_ad
+
+__all__ = ["check_same_device_dtype", "forward_ad_enabled", "same_or_raise", "shape_str"]
+
+
+def forward_ad_enabled() -> bool:
+    """Whether a forward-mode AD level is active (then ``jvp`` needs ``save_for_forward``)."""
+    return forward_ad._current_level >= 0
+
+
+def shape_str(t: Tensor | Sequence[int]) -> str:
+    shape = t.shape if isinstance(t, Tensor) else t
+    return "[" + ", ".join(str(int(s)) for s in shape) + "]"
+
+
+def check_same_device_dtype(fname: str, **tensors: Tensor | None) -> None:
+    """Raise torch-style errors when named tensors disagree in device or (outside autocast) dtype."""
+    items = [(k, v) for k, v in tensors.items() if v is not None]
+    (name0, t0), rest = items[0], items[1:]
+    for name, t in rest:
+        if t.device != t0.device:
+            raise RuntimeError(
+                f"{fname}(): expected all tensors to be on the same device, but got {name0} on "
+                f"{t0.device} and {name} on {t.device}"
+            )
+    if torch.is_autocast_enabled(t0.device.type):
+        return
+    for name, t in rest:
+        if t.dtype != t0.dtype:
+            raise RuntimeError(
+                f"{fname}(): expected {name0} and {name} to have the same dtype, but got "
+                f"{name0} of dtype {t0.dtype} and {name} of dtype {t.dtype}"
+            )
+
+
+def same_or_raise(fname: str, what: str, expected: object, got: object) -> None:
+    if expected != got:
+        raise RuntimeError(f"{fname}(): expected {what} {expected}, but got {got}")

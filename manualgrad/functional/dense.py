@@ -1,0 +1,369 @@
+r"""Dense layers: ``linear``, a fused stack of Linear+activation layers, and ``bilinear``.
+
+The spec's dense-layer derivatives, per sample, with :math:`\delta = \partial C / \partial z`:
+
+.. math::
+    \frac{\partial C}{\partial W} = \delta \, (a^{L-1})^T, \qquad
+    \frac{\partial C}{\partial b} = \delta, \qquad
+    \frac{\partial C}{\partial a^{L-1}} = W^T \delta
+
+In batched row-major form (rows are samples, ``X: (N, in)``, ``W: (out, in)`` as in ``nn.Linear``)
+the per-sample sums become matrix products over the batch:
+
+.. math::
+    \text{grad\_weight} = \delta^T X, \qquad
+    \text{grad\_bias} = \textstyle\sum_n \delta_n, \qquad
+    \text{grad\_input} = \delta W
+
+One Function, :class:`DenseStack`, computes any run of Linear layers, each optionally followed by
+an activation of :data:`manualgrad.activations.ACTIVATIONS`; ``linear`` is the run of one layer
+without activation. The fused run (``Linear → ReLU → Linear → ...``) costs one Function call
+instead of one per layer, applies each activation in place on the fresh pre-activation and
+computes exactly the same gradients as the separate ops (both call the same formulas below).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from manualgrad.activations import Activation
+
+from ._common import check_same_device_dtype, forward_ad_enabled, shape_str
+
+__all__ = ["DenseStack", "bilinear", "dense_stack", "linear"]
+
+Layer = tuple[Activation | None, tuple[Any, ...]]
+"""One layer of a stack: its activation (``None`` for none) and the activation's params."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The formulas.
+# ---------------------------------------------------------------------------------------------
+
+
+def linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """z = X Wᵀ + b  (rows of ``x`` are samples)."""
+    if bias is None:
+        return x.mm(weight.t())
+    return torch.addmm(bias, x, weight.t())
+
+
+def grad_weight(delta: Tensor, x: Tensor) -> Tensor:
+    """grad_weight = δᵀ X   (dC/dW = δ (a^{L-1})ᵀ, summed over the samples)."""
+    return delta.t().mm(x)
+
+
+def grad_bias(delta: Tensor) -> Tensor:
+    """grad_bias = Σ_n δ_n   (dC/db = δ, summed over the samples)."""
+    return delta.sum(0)
+
+
+def grad_input(delta: Tensor, weight: Tensor) -> Tensor:
+    """grad_input = δ W   (dC/da^{L-1} = Wᵀ δ, per sample)."""
+    return delta.mm(weight)
+
+
+def tangent_z(dx: Tensor | None, x: Tensor, w: Tensor, dw: Tensor | None, db: Tensor | None) -> Tensor | None:
+    """Forward mode: dz = dX Wᵀ + X dWᵀ + db."""
+    dz = None if dx is None else dx.mm(w.t())
+    if dw is not None:
+        dz = x.mm(dw.t()) if dz is None else dz + x.mm(dw.t())
+    if db is not None:
+        dz = db.expand(x.shape[0], -1) if dz is None else dz + db
+    return dz
+
+
+# ---------------------------------------------------------------------------------------------
+# Where each layer's tensors live among the hidden outputs.
+# ---------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=256)
+def _layout(plan: tuple[Layer, ...]) -> tuple[tuple[int | None, int | None], ...]:
+    """For each layer, the index (among the hidden outputs) of its ``z`` and of its ``a``.
+
+    ``z`` is kept only when the activation's derivative needs its input; ``a`` is kept for every
+    layer but the last (it is the next layer's input; the last ``a`` is the output itself).
+    """
+    slots: list[tuple[int | None, int | None]] = []
+    n = 0
+    for i, (act, _) in enumerate(plan):
+        z_slot = None
+        if act is not None and act.saves == "input":
+            z_slot, n = n, n + 1
+        a_slot = None
+        if i < len(plan) - 1:
+            a_slot, n = n, n + 1
+        slots.append((z_slot, a_slot))
+    return tuple(slots)
+
+
+class DenseStack(torch.autograd.Function):
+    """``a_i = σ_i(a_{i-1} W_iᵀ + b_i)`` for a run of layers, with hand-derived gradients.
+
+    ``apply(x, plan, w_1, b_1, ..., w_L, b_L)`` returns ``(output, *hidden)``; use
+    :func:`dense_stack`, which returns the output alone.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, plan: tuple[Layer, ...], *params: Tensor | None) -> tuple[Tensor, ...]:  # type: ignore[override]
+        h = x.reshape(-1, x.shape[-1])
+        hidden: list[Tensor] = []
+        last = len(plan) - 1
+        for i, (act, p) in enumerate(plan):
+            z = linear_forward(h, params[2 * i], params[2 * i + 1])  # type: ignore[arg-type]
+            if act is None:
+                h = z
+            elif act.saves == "output":
+                h = act.apply_(z, *p)  # z is fresh: nobody else sees it before it is overwritten
+            else:
+                hidden.append(z)
+                h = act.forward(z, *p)
+            if i < last:
+                hidden.append(h)
+        return (h.reshape(*x.shape[:-1], h.shape[-1]), *hidden)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+        x, plan, *params = inputs
+        ctx.plan = plan
+        ctx.set_materialize_grads(False)
+        saved = (x, *params[0::2], *output)
+        ctx.save_for_backward(*saved)
+        if forward_ad_enabled():
+            ctx.save_for_forward(*saved)
+
+    @staticmethod
+    def _unpack(ctx: Any) -> tuple[Tensor, tuple[Tensor, ...], Tensor, tuple[Tensor, ...]]:
+        saved = ctx.saved_tensors
+        n = len(ctx.plan)
+        return saved[0], saved[1 : n + 1], saved[n + 1], saved[n + 2 :]
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor | None, *grad_hidden: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, weights, out, hidden = DenseStack._unpack(ctx)
+        plan, needs = ctx.plan, ctx.needs_input_grad
+        slots = _layout(plan)
+        grads: list[Tensor | None] = [None] * (2 + 2 * len(plan))
+        # g is dC/da of the current layer; it becomes δ = dC/dz, then dC/da of the layer below.
+        g = None if grad_output is None else grad_output.reshape(-1, out.shape[-1])
+        for i in range(len(plan) - 1, -1, -1):
+            act, p = plan[i]
+            z_slot, a_slot = slots[i]
+            if a_slot is not None and grad_hidden[a_slot] is not None:
+                g = grad_hidden[a_slot] if g is None else g + grad_hidden[a_slot]
+            if act is not None and g is not None:
+                if act.saves == "input":
+                    s = hidden[z_slot]  # type: ignore[index]
+                else:
+                    s = hidden[a_slot] if a_slot is not None else out.reshape(-1, out.shape[-1])
+                # δ = dC/da ⊙ σ'(z)
+                g = act.grad(g, s.to(g.dtype), *p)
+            if z_slot is not None and grad_hidden[z_slot] is not None:
+                g = grad_hidden[z_slot] if g is None else g + grad_hidden[z_slot]
+            if g is None:
+                continue
+            h = x.reshape(-1, x.shape[-1]) if i == 0 else hidden[slots[i - 1][1]]  # type: ignore[index]
+            w = weights[i].to(g.dtype)
+            if needs[2 + 2 * i]:
+                grads[2 + 2 * i] = grad_weight(g, h.to(g.dtype))
+            if needs[3 + 2 * i]:
+                grads[3 + 2 * i] = grad_bias(g)
+            if i > 0 or needs[0]:
+                g = grad_input(g, w)
+        if needs[0] and g is not None:
+            grads[0] = g.reshape(x.shape)
+        return tuple(grads)
+
+    @staticmethod
+    def jvp(ctx: Any, x_t: Tensor | None, plan_t: None, *params_t: Tensor | None) -> tuple[Tensor, ...]:
+        x, weights, out, hidden = DenseStack._unpack(ctx)
+        plan, slots = ctx.plan, _layout(ctx.plan)
+        hidden_t: list[Tensor | None] = [None] * len(hidden)
+        h, dh = x.reshape(-1, x.shape[-1]), (None if x_t is None else x_t.reshape(-1, x.shape[-1]))
+        for i, (act, p) in enumerate(plan):
+            z_slot, a_slot = slots[i]
+            dz = tangent_z(dh, h, weights[i], params_t[2 * i], params_t[2 * i + 1])
+            if dz is None:
+                dz = torch.zeros(h.shape[0], weights[i].shape[0], dtype=h.dtype, device=h.device)
+            if z_slot is not None:
+                hidden_t[z_slot] = dz
+            if act is not None:
+                if act.saves == "input":
+                    s = hidden[z_slot]  # type: ignore[index]
+                else:
+                    s = hidden[a_slot] if a_slot is not None else out.reshape(-1, out.shape[-1])
+                dz = act.grad(dz, s, *p)  # da = σ'(z) ⊙ dz: the Jacobian is diagonal
+            if a_slot is not None:
+                hidden_t[a_slot] = dz
+                h = hidden[a_slot]
+            dh = dz
+        return (dh.reshape(out.shape), *hidden_t)  # type: ignore[union-attr,arg-type]
+
+
+def _check_linear(
+    fname: str, input: Tensor, weight: Tensor, bias: Tensor | None, shape: torch.Size | None = None
+) -> None:
+    """Torch-style errors for a Linear layer; ``shape`` is the layer's input shape inside a stack."""
+    shape = input.shape if shape is None else shape
+    if weight.dim() != 2:
+        raise RuntimeError(f"{fname}(): expected weight to be 2-D (out_features, in_features), but got weight of shape {shape_str(weight)}")
+    if len(shape) == 0 or shape[-1] != weight.shape[1]:
+        raise RuntimeError(
+            f"{fname}(): expected input of shape [*, {weight.shape[1]}] to match weight of shape "
+            f"{shape_str(weight)}, but got input of shape {shape_str(shape)}"
+        )
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise RuntimeError(
+            f"{fname}(): expected bias of shape [{weight.shape[0]}] to match weight of shape "
+            f"{shape_str(weight)}, but got bias of shape {shape_str(bias)}"
+        )
+    check_same_device_dtype(fname, input=input, weight=weight, bias=bias)
+
+
+def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    r"""Apply :math:`y = x W^T + b` with manualgrad's gradients (``torch.nn.functional.linear``).
+
+    Args:
+        input: :math:`(*, H_{in})`, any number of leading dims, also none (unbatched).
+        weight: :math:`(H_{out}, H_{in})`.
+        bias: :math:`(H_{out})` or ``None``.
+
+    Example:
+        >>> import torch, manualgrad.functional as MF
+        >>> x, w = torch.ones(2, 3), torch.ones(4, 3, requires_grad=True)
+        >>> MF.linear(x, w).sum().backward()
+        >>> w.grad  # δᵀX with δ = 1
+        tensor([[2., 2., 2.],
+                [2., 2., 2.],
+                [2., 2., 2.],
+                [2., 2., 2.]])
+    """
+    _check_linear("linear", input, weight, bias)
+    return DenseStack.apply(input, _LINEAR_PLAN, weight, bias)[0]
+
+
+_LINEAR_PLAN: tuple[Layer, ...] = ((None, ()),)
+
+
+def dense_stack(
+    input: Tensor, plan: tuple[Layer, ...], params: tuple[tuple[Tensor, Tensor | None], ...]
+) -> Tensor:
+    """Run ``Linear → activation`` layers as one Function. ``params`` holds ``(weight, bias)`` per layer.
+
+    Gives exactly the gradients of the layers applied one by one.
+
+    Example:
+        >>> import torch, manualgrad.functional as MF
+        >>> from manualgrad.activations import ACTIVATIONS
+        >>> w1, w2 = torch.randn(8, 4), torch.randn(3, 8)
+        >>> plan = ((ACTIVATIONS["relu"], ()), (None, ()))
+        >>> y = MF.dense_stack(torch.randn(5, 4), plan, ((w1, None), (w2, None)))
+        >>> y.shape
+        torch.Size([5, 3])
+    """
+    shape = input.shape
+    for weight, bias in params:
+        _check_linear("linear", input, weight, bias, shape)
+        shape = torch.Size((*shape[:-1], weight.shape[0]))
+    flat = [t for wb in params for t in wb]
+    return DenseStack.apply(input, plan, *flat)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bilinear.
+# ---------------------------------------------------------------------------------------------
+
+
+class Bilinear(torch.autograd.Function):
+    r"""``y_k = x_1ᵀ A_k x_2 + b_k`` with hand-derived gradients.
+
+    grad_input1 = Σ_k δ_k A_k x_2, grad_input2 = Σ_k δ_k A_kᵀ x_1, grad_weight_k = Σ_n δ_{nk} x_1 x_2ᵀ,
+    grad_bias = Σ_n δ_n.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x1: Tensor, x2: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # type: ignore[override]
+        return torch.bilinear(x1, x2, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        x1, x2, weight, _ = inputs
+        ctx.save_for_backward(x1, x2, weight)
+        if forward_ad_enabled():
+            ctx.save_for_forward(x1, x2, weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x1, x2, weight = (t.to(grad_output.dtype) for t in ctx.saved_tensors)
+        needs = ctx.needs_input_grad
+        g = grad_output.reshape(-1, weight.shape[0])
+        a, b = x1.reshape(-1, weight.shape[1]), x2.reshape(-1, weight.shape[2])
+        g1 = g2 = gw = gb = None
+        if needs[0] or needs[1]:
+            # t[n, i, j] = Σ_k δ[n, k] A[k, i, j]
+            t = g.mm(weight.reshape(weight.shape[0], -1)).reshape(-1, *weight.shape[1:])
+            if needs[0]:
+                # grad_input1[n, i] = Σ_j t[n, i, j] x2[n, j]
+                g1 = (t * b.unsqueeze(1)).sum(2).reshape(x1.shape)
+            if needs[1]:
+                # grad_input2[n, j] = Σ_i t[n, i, j] x1[n, i]
+                g2 = (t * a.unsqueeze(2)).sum(1).reshape(x2.shape)
+        if needs[2]:
+            # grad_weight[k, i, j] = Σ_n δ[n, k] x1[n, i] x2[n, j]
+            gw = g.t().mm((a.unsqueeze(2) * b.unsqueeze(1)).reshape(g.shape[0], -1)).reshape(weight.shape)
+        if needs[3]:
+            # grad_bias = Σ_n δ_n
+            gb = grad_bias(g)
+        return g1, g2, gw, gb
+
+    @staticmethod
+    def jvp(ctx: Any, x1_t: Tensor | None, x2_t: Tensor | None, w_t: Tensor | None, b_t: Tensor | None) -> Tensor:
+        x1, x2, weight = ctx.saved_tensors
+        terms = []
+        if x1_t is not None:
+            terms.append(torch.bilinear(x1_t, x2, weight))
+        if x2_t is not None:
+            terms.append(torch.bilinear(x1, x2_t, weight))
+        if w_t is not None:
+            terms.append(torch.bilinear(x1, x2, w_t))
+        out = sum(terms) if terms else torch.zeros(*x1.shape[:-1], weight.shape[0], dtype=x1.dtype, device=x1.device)
+        return out + b_t if b_t is not None else out  # type: ignore[return-value]
+
+
+def bilinear(input1: Tensor, input2: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    r"""Apply :math:`y = x_1^T A x_2 + b` with manualgrad's gradients (``torch.nn.functional.bilinear``).
+
+    Args:
+        input1: :math:`(*, H_{in1})`.
+        input2: :math:`(*, H_{in2})`, the same leading dims as ``input1``.
+        weight: :math:`(H_{out}, H_{in1}, H_{in2})`.
+        bias: :math:`(H_{out})` or ``None``.
+    """
+    if weight.dim() != 3:
+        raise RuntimeError(f"bilinear(): expected weight to be 3-D (out, in1, in2), but got weight of shape {shape_str(weight)}")
+    if input1.shape[:-1] != input2.shape[:-1] or input1.dim() == 0:
+        raise RuntimeError(
+            f"bilinear(): expected input1 and input2 to have the same leading dimensions, but got "
+            f"input1 of shape {shape_str(input1)} and input2 of shape {shape_str(input2)}"
+        )
+    if input1.shape[-1] != weight.shape[1] or input2.shape[-1] != weight.shape[2]:
+        raise RuntimeError(
+            f"bilinear(): expected inputs of shapes [*, {weight.shape[1]}] and [*, {weight.shape[2]}] "
+            f"to match weight of shape {shape_str(weight)}, but got input1 of shape "
+            f"{shape_str(input1)} and input2 of shape {shape_str(input2)}"
+        )
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise RuntimeError(
+            f"bilinear(): expected bias of shape [{weight.shape[0]}], but got bias of shape {shape_str(bias)}"
+        )
+    check_same_device_dtype("bilinear", input1=input1, input2=input2, weight=weight, bias=bias)
+    return Bilinear.apply(input1, input2, weight, bias)

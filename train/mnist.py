@@ -1,0 +1,71 @@
+"""LightningCLI entry: ``python -m train.mnist fit|validate|test|predict --config configs/<name>.yaml``.
+
+``fit`` trains, keeps the best checkpoint (by ``val_acc``), writes a learning-curve PNG, then tests
+the best checkpoint and prints the test accuracy as its last line (``--test_after_fit false`` skips
+it). Resume an interrupted run with ``--ckpt_path <run>/checkpoints/last.ckpt``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from train.callbacks import LearningCurve
+from train.data import MNISTDataModule
+from train.model import MNISTClassifier
+
+
+def checkpoint_callback() -> ModelCheckpoint:
+    """Best checkpoint by validation accuracy, plus ``last.ckpt`` for resuming."""
+    return ModelCheckpoint(
+        monitor="val_acc", mode="max", save_last=True, save_on_train_epoch_end=True,
+        filename="best-epoch{epoch:02d}-val_acc{val_acc:.4f}", auto_insert_metric_name=False,
+    )
+
+
+class MNISTCLI(LightningCLI):
+    """``LightningCLI`` for :class:`MNISTClassifier` on :class:`MNISTDataModule`."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--test_after_fit", type=bool, default=True,
+                            help="After fit, test the best checkpoint and print its test accuracy last.")
+
+    def after_fit(self) -> None:
+        if not self.config[self.subcommand].get("test_after_fit", True) or self.trainer.fast_dev_run:
+            return
+        ckpt = self.trainer.checkpoint_callback
+        best = getattr(ckpt, "best_model_path", "") or None
+        results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best, verbose=False)
+        if self.trainer.is_global_zero:
+            print(f"Best checkpoint: {best}")
+            print(f"Test accuracy: {results[0]['test_acc']:.4f}", flush=True)
+
+    def after_test(self) -> None:
+        if self.trainer.is_global_zero and self.trainer.callback_metrics.get("test_acc") is not None:
+            print(f"Test accuracy: {float(self.trainer.callback_metrics['test_acc']):.4f}", flush=True)
+
+    def after_predict(self) -> None:
+        preds: Any = self.trainer.predict_loop.predictions
+        if self.trainer.is_global_zero and preds:
+            flat = [int(p) for batch in preds for p in batch]
+            print(f"Predicted {len(flat)} test images; first 20 classes: {flat[:20]}", flush=True)
+
+
+def cli_main(args: Sequence[str] | None = None, run: bool = True) -> MNISTCLI:
+    """Build (and by default run) the CLI; ``args`` replaces ``sys.argv[1:]`` when given."""
+    return MNISTCLI(
+        MNISTClassifier,
+        MNISTDataModule,
+        trainer_defaults={"callbacks": [checkpoint_callback(), LearningCurve()]},
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        args=list(args) if args is not None else None,
+        run=run,
+    )
+
+
+if __name__ == "__main__":
+    cli_main()
