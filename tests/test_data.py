@@ -8,6 +8,7 @@ import pickle
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from train.data import (
     MNISTDataModule,
     _NumpyArrayUnpickler,
     _write_idx,
+    default_data_root,
     load_mnist,
     prepare_mnist,
     random_shift,
@@ -27,6 +29,12 @@ from train.data import (
     sha256_file,
     verify_mnist,
 )
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """Verified MNIST raw files in the shared data root, fetched once (``$MANUALGRAD_DATA``)."""
+    return prepare_mnist(default_data_root())
 
 
 def _copy_raw(data_root: Path, tmp_path: Path) -> Path:
@@ -57,14 +65,19 @@ def test_idx_roundtrip_through_torchvision(tmp_path: Path) -> None:
     images = rng.integers(0, 256, size=(3, 28, 28), dtype=np.uint8)
     labels = np.array([3, 1, 4], dtype=np.uint8)
     _write_idx(tmp_path, "train", images, labels)
-    assert torch.equal(read_image_file(str(tmp_path / "train-images-idx3-ubyte")), torch.from_numpy(images))
+    assert torch.equal(
+        read_image_file(str(tmp_path / "train-images-idx3-ubyte")), torch.from_numpy(images)
+    )
     assert read_label_file(str(tmp_path / "train-labels-idx1-ubyte")).tolist() == [3, 1, 4]
 
 
 def test_unpickler_allows_arrays_only() -> None:
-    arrays = (np.arange(4, dtype=np.float32), np.array([1, 2], dtype=np.int64))
-    loaded = _NumpyArrayUnpickler(io.BytesIO(pickle.dumps(arrays)), encoding="latin1").load()
-    assert all(np.array_equal(a, b) for a, b in zip(arrays, loaded))
+    arrays: tuple[np.ndarray, ...] = (
+        np.arange(4, dtype=np.float32),
+        np.array([1, 2], dtype=np.int64),
+    )
+    loaded: Any = _NumpyArrayUnpickler(io.BytesIO(pickle.dumps(arrays)), encoding="latin1").load()
+    assert all(np.array_equal(a, b) for a, b in zip(arrays, loaded, strict=True))
 
     class Evil:
         def __reduce__(self) -> tuple[object, tuple[str]]:
@@ -73,7 +86,9 @@ def test_unpickler_allows_arrays_only() -> None:
     with pytest.raises(pickle.UnpicklingError, match="only numpy array reconstruction"):
         _NumpyArrayUnpickler(io.BytesIO(pickle.dumps(Evil())), encoding="latin1").load()
     with pytest.raises(pickle.UnpicklingError):
-        _NumpyArrayUnpickler(io.BytesIO(gzip.decompress(gzip.compress(pickle.dumps(Path("x")))))).load()
+        _NumpyArrayUnpickler(
+            io.BytesIO(gzip.decompress(gzip.compress(pickle.dumps(Path("x")))))
+        ).load()
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "missing"])

@@ -19,7 +19,7 @@ class LearningCurve(pl.Callback):
     The history is part of the checkpoint, so a resumed run plots the whole curve.
 
     Args:
-        filename: PNG name inside the logger's directory (or the trainer's root dir without a logger).
+        filename: PNG name in the logger's directory (the trainer's root dir without a logger).
     """
 
     def __init__(self, filename: str = "learning_curve.png") -> None:
@@ -64,7 +64,7 @@ class LearningCurve(pl.Callback):
 
 
 def plot_learning_curve(history: list[dict[str, float]], path: Path) -> Path:
-    """Plot loss and accuracy per epoch (train and val) into ``path`` with matplotlib's Agg backend."""
+    """Plot train/val loss and accuracy per epoch into ``path`` (matplotlib, Agg backend)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,12 +73,14 @@ def plot_learning_curve(history: list[dict[str, float]], path: Path) -> Path:
     epochs = [int(r["epoch"]) + 1 for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for key, label, ax in (
-        ("train_loss_epoch", "train", ax_loss), ("val_loss", "val", ax_loss),
-        ("train_acc", "train", ax_acc), ("val_acc", "val", ax_acc),
+        ("train_loss_epoch", "train", ax_loss),
+        ("val_loss", "val", ax_loss),
+        ("train_acc", "train", ax_acc),
+        ("val_acc", "val", ax_acc),
     ):
-        points = [(e, r[key]) for e, r in zip(epochs, history) if key in r]
+        points = [(e, r[key]) for e, r in zip(epochs, history, strict=True) if key in r]
         if points:
-            ax.plot(*zip(*points), marker="o", label=label)
+            ax.plot(*zip(*points, strict=True), marker="o", label=label)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
     for ax in (ax_loss, ax_acc):

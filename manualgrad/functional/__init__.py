@@ -9,22 +9,71 @@ from manualgrad.activations import ACTIVATIONS
 from . import activation as _activation
 from .activation import Dropout, Elementwise, PReLU, activation, dropout, prelu
 from .dense import Bilinear, DenseStack, bilinear, dense_stack, linear
+from .loss import (
+    BCELoss,
+    BCEWithLogitsLoss,
+    CrossEntropyLoss,
+    HuberLoss,
+    KLDivLoss,
+    L1Loss,
+    MSELoss,
+    NLLLoss,
+    PointwiseLoss,
+    SmoothL1Loss,
+    binary_cross_entropy,
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    huber_loss,
+    kl_div,
+    l1_loss,
+    mse_loss,
+    nll_loss,
+    smooth_l1_loss,
+)
+from .softmax import GLU, LogSoftmax, Softmax, Softmin, glu, log_softmax, softmax, softmin
 
 for _name in ACTIVATIONS:
     globals()[_name] = getattr(_activation, _name)
 
 __all__ = [
+    "GLU",
+    "BCELoss",
+    "BCEWithLogitsLoss",
     "Bilinear",
+    "CrossEntropyLoss",
     "DenseStack",
     "Dropout",
     "Elementwise",
+    "HuberLoss",
+    "KLDivLoss",
+    "L1Loss",
+    "LogSoftmax",
+    "MSELoss",
+    "NLLLoss",
     "PReLU",
+    "PointwiseLoss",
+    "SmoothL1Loss",
+    "Softmax",
+    "Softmin",
     "activation",
     "bilinear",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "cross_entropy",
     "dense_stack",
     "dropout",
+    "glu",
+    "huber_loss",
+    "kl_div",
+    "l1_loss",
     "linear",
+    "log_softmax",
+    "mse_loss",
+    "nll_loss",
     "prelu",
+    "smooth_l1_loss",
+    "softmax",
+    "softmin",
     *ACTIVATIONS,
 ]
 

@@ -17,17 +17,49 @@ Conventions of every Function in :mod:`manualgrad.functional`:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 from torch.autograd import forward_ad
 
-__all__ = ["check_same_device_dtype", "forward_ad_enabled", "same_or_raise", "shape_str"]
+__all__ = ["ManualFunction", "check_same_device_dtype", "forward_ad_enabled", "same_or_raise", "shape_str"]
 
 
 def forward_ad_enabled() -> bool:
     """Whether a forward-mode AD level is active (then ``jvp`` needs ``save_for_forward``)."""
     return forward_ad._current_level >= 0
+
+
+class ManualFunction(torch.autograd.Function):
+    """Base of manualgrad's Functions: ``forward``/``setup_context``/``backward`` plus ``tangent``.
+
+    ``tangent`` is the forward-mode derivative (torch's ``jvp``). TorchDynamo cannot trace a
+    Function that defines ``jvp``, so each subclass gets a twin, ``forward_ad_twin``, that adds
+    ``jvp = tangent``; :meth:`call` uses the twin only while a forward-AD level is active
+    (``torch.autograd.forward_ad``, ``torch.func.jvp``, gradcheck's forward-AD checks) and the
+    plain class otherwise, so ``torch.compile(fullgraph=True)`` traces it without a graph break.
+    """
+
+    generate_vmap_rule = True
+    forward_ad_twin: ClassVar[type[torch.autograd.Function]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "tangent" in cls.__dict__:
+            cls.forward_ad_twin = type(
+                cls.__name__,
+                (cls,),
+                {"jvp": cls.__dict__["tangent"], "__module__": cls.__module__,
+                 "__qualname__": f"{cls.__qualname__}.forward_ad_twin"},
+            )
+
+    @classmethod
+    def call(cls, *args: Any) -> Any:
+        """``apply`` with the forward-AD twin where a forward-AD level is active."""
+        if forward_ad._current_level >= 0:
+            return cls.forward_ad_twin.apply(*args)
+        return cls.apply(*args)
 
 
 def shape_str(t: Tensor | Sequence[int]) -> str:

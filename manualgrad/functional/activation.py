@@ -20,19 +20,17 @@ from torch import Tensor
 
 from manualgrad.activations import ACTIVATIONS, Activation
 
-from ._common import check_same_device_dtype, forward_ad_enabled, shape_str
+from ._common import ManualFunction, check_same_device_dtype, forward_ad_enabled, shape_str
 
 __all__ = ["Dropout", "Elementwise", "PReLU", "activation", "dropout", "prelu", *ACTIVATIONS]
 
 
-class Elementwise(torch.autograd.Function):
+class Elementwise(ManualFunction):
     """``a = σ(z)`` for any registry entry; backward ``grad_input = grad_output ⊙ σ'``.
 
     ``apply(z, act, params, inplace)`` returns ``(a,)``, or ``(a, z_copy)`` for an in-place op whose
     derivative needs the overwritten input (the copy is what the backward reads).
     """
-
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(x: Tensor, act: Activation, params: tuple[Any, ...], inplace: bool) -> tuple[Tensor, ...]:  # type: ignore[override]
@@ -68,7 +66,7 @@ class Elementwise(torch.autograd.Function):
         return grad, None, None, None
 
     @staticmethod
-    def jvp(ctx: Any, x_t: Tensor, *_: Any) -> tuple[Tensor, ...]:
+    def tangent(ctx: Any, x_t: Tensor, *_: Any) -> tuple[Tensor, ...]:
         (saved,) = ctx.saved_tensors
         y_t = ctx.act.grad(x_t, saved, *ctx.params)  # diagonal Jacobian: da = σ'(z) ⊙ dz
         if not ctx.inplace:
@@ -92,7 +90,7 @@ def activation(input: Tensor, act: Activation | str, *params: Any, inplace: bool
         raise TypeError(f"{entry.name}(): argument 'input' must be Tensor, not {type(input).__name__}")
     if params != entry.defaults:
         params = entry.normalise(*params)
-    return Elementwise.apply(input, entry, params, inplace)[0]
+    return Elementwise.call(input, entry, params, inplace)[0]
 
 
 def _make_function(act: Activation) -> Any:
@@ -130,25 +128,23 @@ def __getattr__(name: str) -> Any:  # for type checkers: the generated functions
 
 
 # ---------------------------------------------------------------------------------------------
-# PReLU: LeakyReLU with a learnable slope, one or one per channel (dim 1, dim 0 when unbatched).
+# PReLU: LeakyReLU with a learnable slope, one or one per channel (dim 1).
 # ---------------------------------------------------------------------------------------------
 
 
 def _per_channel(w: Tensor, x: Tensor) -> Tensor:
-    """View ``w`` so it broadcasts over ``x``'s channel dim (1, or 0 for 1-D input)."""
+    """View ``w`` so it broadcasts over ``x``'s channel dim (dim 1; 1-D input has one channel)."""
     if w.numel() == 1 or x.dim() < 2:
-        return w.reshape(-1) if w.numel() != 1 else w.reshape(())
+        return w.reshape(())
     return w.reshape(1, -1, *([1] * (x.dim() - 2)))
 
 
-class PReLU(torch.autograd.Function):
+class PReLU(ManualFunction):
     r"""``a = z if z > 0 else w·z`` with a learnable ``w``.
 
     grad_input = grad_output ⊙ (1 if z > 0 else w);
     grad_weight = Σ over all but the channel dim of grad_output ⊙ z ⊙ 1[z ≤ 0].
     """
-
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(x: Tensor, weight: Tensor) -> Tensor:  # type: ignore[override]
@@ -174,12 +170,11 @@ class PReLU(torch.autograd.Function):
             if weight.numel() == 1:
                 grad_w = contrib.sum().reshape(weight.shape)
             else:
-                dims = [d for d in range(x.dim()) if d != (1 if x.dim() >= 2 else 0)]
-                grad_w = (contrib.sum(dims) if dims else contrib).reshape(weight.shape)
+                grad_w = contrib.sum([d for d in range(x.dim()) if d != 1]).reshape(weight.shape)
         return grad_x, grad_w
 
     @staticmethod
-    def jvp(ctx: Any, x_t: Tensor | None, w_t: Tensor | None) -> Tensor:
+    def tangent(ctx: Any, x_t: Tensor | None, w_t: Tensor | None) -> Tensor:
         x, weight = ctx.saved_tensors
         w = _per_channel(weight, x)
         out = torch.zeros_like(x) if x_t is None else torch.where(x > 0, x_t, x_t * w)
@@ -190,15 +185,14 @@ class PReLU(torch.autograd.Function):
 
 def prelu(input: Tensor, weight: Tensor) -> Tensor:
     r"""Apply :math:`\text{PReLU}(x) = \max(0, x) + w \min(0, x)` (``torch.nn.functional.prelu``)."""
-    channels = input.shape[1] if input.dim() >= 2 else (input.shape[0] if input.dim() == 1 else 1)
+    channels = input.shape[1] if input.dim() >= 2 else 1
     if weight.numel() != 1 and weight.numel() != channels:
         raise RuntimeError(
             f"prelu(): expected weight with 1 element or one per channel ({channels} channels in "
-            f"dim {1 if input.dim() >= 2 else 0} of input of shape {shape_str(input)}), but got "
-            f"weight of shape {shape_str(weight)}"
+            f"dim 1 of input of shape {shape_str(input)}), but got weight of shape {shape_str(weight)}"
         )
     check_same_device_dtype("prelu", input=input, weight=weight)
-    return PReLU.apply(input, weight)
+    return PReLU.call(input, weight)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,10 +201,8 @@ def prelu(input: Tensor, weight: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-class Dropout(torch.autograd.Function):
+class Dropout(ManualFunction):
     """``a = z ⊙ noise``, ``noise = m / (1 − p)``; backward ``grad_input = grad_output ⊙ noise``."""
-
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(x: Tensor, p: float, inplace: bool) -> tuple[Tensor, Tensor]:  # type: ignore[override]
@@ -237,7 +229,7 @@ class Dropout(torch.autograd.Function):
         return grad_output * noise, None, None
 
     @staticmethod
-    def jvp(ctx: Any, x_t: Tensor, *_: Any) -> tuple[Tensor, None]:
+    def tangent(ctx: Any, x_t: Tensor, *_: Any) -> tuple[Tensor, None]:
         (noise,) = ctx.saved_tensors
         return x_t * noise, None
 
@@ -248,4 +240,4 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool 
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
     if not training or p == 0.0:
         return input
-    return Dropout.apply(input, p, inplace)[0]
+    return Dropout.call(input, p, inplace)[0]

@@ -24,7 +24,7 @@ computes exactly the same gradients as the separate ops (both call the same form
 
 from __future__ import annotations
 
-from functools import lru_cache
+import math
 from typing import Any
 
 import torch
@@ -32,7 +32,7 @@ from torch import Tensor
 
 from manualgrad.activations import Activation
 
-from ._common import check_same_device_dtype, forward_ad_enabled, shape_str
+from ._common import ManualFunction, check_same_device_dtype, forward_ad_enabled, shape_str
 
 __all__ = ["DenseStack", "bilinear", "dense_stack", "linear"]
 
@@ -45,11 +45,18 @@ Layer = tuple[Activation | None, tuple[Any, ...]]
 # ---------------------------------------------------------------------------------------------
 
 
+def rows(t: Tensor) -> Tensor:
+    """``t`` as a matrix of samples: every leading dim folded into rows (a 1-D ``t`` is one row)."""
+    n = t.shape[-1]
+    return t.reshape(-1 if n and t.numel() else math.prod(t.shape[:-1]), n)
+
+
 def linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """z = X Wᵀ + b  (rows of ``x`` are samples)."""
-    if bias is None:
-        return x.mm(weight.t())
-    return torch.addmm(bias, x, weight.t())
+    """z = X Wᵀ + b, for any leading dims (never a view: the Function returns it)."""
+    if x.dim() == 2:
+        return x.mm(weight.t()) if bias is None else torch.addmm(bias, x, weight.t())
+    z = torch.matmul(x, weight.t())
+    return z if bias is None else z.add_(bias)
 
 
 def grad_weight(delta: Tensor, x: Tensor) -> Tensor:
@@ -82,7 +89,6 @@ def tangent_z(dx: Tensor | None, x: Tensor, w: Tensor, dw: Tensor | None, db: Te
 # ---------------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=256)
 def _layout(plan: tuple[Layer, ...]) -> tuple[tuple[int | None, int | None], ...]:
     """For each layer, the index (among the hidden outputs) of its ``z`` and of its ``a``.
 
@@ -102,18 +108,16 @@ def _layout(plan: tuple[Layer, ...]) -> tuple[tuple[int | None, int | None], ...
     return tuple(slots)
 
 
-class DenseStack(torch.autograd.Function):
+class DenseStack(ManualFunction):
     """``a_i = σ_i(a_{i-1} W_iᵀ + b_i)`` for a run of layers, with hand-derived gradients.
 
     ``apply(x, plan, w_1, b_1, ..., w_L, b_L)`` returns ``(output, *hidden)``; use
     :func:`dense_stack`, which returns the output alone.
     """
 
-    generate_vmap_rule = True
-
     @staticmethod
     def forward(x: Tensor, plan: tuple[Layer, ...], *params: Tensor | None) -> tuple[Tensor, ...]:  # type: ignore[override]
-        h = x.reshape(-1, x.shape[-1])
+        h = x
         hidden: list[Tensor] = []
         last = len(plan) - 1
         for i, (act, p) in enumerate(plan):
@@ -127,12 +131,12 @@ class DenseStack(torch.autograd.Function):
                 h = act.forward(z, *p)
             if i < last:
                 hidden.append(h)
-        return (h.reshape(*x.shape[:-1], h.shape[-1]), *hidden)
+        return (h, *hidden)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
         x, plan, *params = inputs
-        ctx.plan = plan
+        ctx.plan, ctx.slots = plan, _layout(plan)
         ctx.set_materialize_grads(False)
         saved = (x, *params[0::2], *output)
         ctx.save_for_backward(*saved)
@@ -148,28 +152,26 @@ class DenseStack(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor | None, *grad_hidden: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x, weights, out, hidden = DenseStack._unpack(ctx)
-        plan, needs = ctx.plan, ctx.needs_input_grad
-        slots = _layout(plan)
+        plan, slots, needs = ctx.plan, ctx.slots, ctx.needs_input_grad
         grads: list[Tensor | None] = [None] * (2 + 2 * len(plan))
         # g is dC/da of the current layer; it becomes δ = dC/dz, then dC/da of the layer below.
-        g = None if grad_output is None else grad_output.reshape(-1, out.shape[-1])
+        g = None if grad_output is None else rows(grad_output)
         for i in range(len(plan) - 1, -1, -1):
             act, p = plan[i]
             z_slot, a_slot = slots[i]
             if a_slot is not None and grad_hidden[a_slot] is not None:
-                g = grad_hidden[a_slot] if g is None else g + grad_hidden[a_slot]
+                g_a = rows(grad_hidden[a_slot])  # type: ignore[arg-type]
+                g = g_a if g is None else g + g_a
             if act is not None and g is not None:
-                if act.saves == "input":
-                    s = hidden[z_slot]  # type: ignore[index]
-                else:
-                    s = hidden[a_slot] if a_slot is not None else out.reshape(-1, out.shape[-1])
+                s = hidden[z_slot] if z_slot is not None else hidden[a_slot] if a_slot is not None else out
                 # δ = dC/da ⊙ σ'(z)
-                g = act.grad(g, s.to(g.dtype), *p)
+                g = act.grad(g, rows(s).to(g.dtype), *p)
             if z_slot is not None and grad_hidden[z_slot] is not None:
-                g = grad_hidden[z_slot] if g is None else g + grad_hidden[z_slot]
+                g_z = rows(grad_hidden[z_slot])  # type: ignore[arg-type]
+                g = g_z if g is None else g + g_z
             if g is None:
                 continue
-            h = x.reshape(-1, x.shape[-1]) if i == 0 else hidden[slots[i - 1][1]]  # type: ignore[index]
+            h = rows(x if i == 0 else hidden[slots[i - 1][1]])  # type: ignore[index]
             w = weights[i].to(g.dtype)
             if needs[2 + 2 * i]:
                 grads[2 + 2 * i] = grad_weight(g, h.to(g.dtype))
@@ -182,29 +184,26 @@ class DenseStack(torch.autograd.Function):
         return tuple(grads)
 
     @staticmethod
-    def jvp(ctx: Any, x_t: Tensor | None, plan_t: None, *params_t: Tensor | None) -> tuple[Tensor, ...]:
+    def tangent(ctx: Any, x_t: Tensor | None, plan_t: None, *params_t: Tensor | None) -> tuple[Tensor, ...]:
         x, weights, out, hidden = DenseStack._unpack(ctx)
-        plan, slots = ctx.plan, _layout(ctx.plan)
+        plan, slots = ctx.plan, ctx.slots
         hidden_t: list[Tensor | None] = [None] * len(hidden)
-        h, dh = x.reshape(-1, x.shape[-1]), (None if x_t is None else x_t.reshape(-1, x.shape[-1]))
+        h, dh = rows(x), (None if x_t is None else rows(x_t))
         for i, (act, p) in enumerate(plan):
             z_slot, a_slot = slots[i]
             dz = tangent_z(dh, h, weights[i], params_t[2 * i], params_t[2 * i + 1])
             if dz is None:
                 dz = torch.zeros(h.shape[0], weights[i].shape[0], dtype=h.dtype, device=h.device)
             if z_slot is not None:
-                hidden_t[z_slot] = dz
+                hidden_t[z_slot] = dz.reshape(hidden[z_slot].shape)
             if act is not None:
-                if act.saves == "input":
-                    s = hidden[z_slot]  # type: ignore[index]
-                else:
-                    s = hidden[a_slot] if a_slot is not None else out.reshape(-1, out.shape[-1])
-                dz = act.grad(dz, s, *p)  # da = σ'(z) ⊙ dz: the Jacobian is diagonal
+                s = hidden[z_slot] if z_slot is not None else hidden[a_slot] if a_slot is not None else out
+                dz = act.grad(dz, rows(s), *p)  # da = σ'(z) ⊙ dz: the Jacobian is diagonal
             if a_slot is not None:
-                hidden_t[a_slot] = dz
-                h = hidden[a_slot]
+                hidden_t[a_slot] = dz.reshape(hidden[a_slot].shape)
+                h = rows(hidden[a_slot])
             dh = dz
-        return (dh.reshape(out.shape), *hidden_t)  # type: ignore[union-attr,arg-type]
+        return (dh.reshape(out.shape), *hidden_t)  # type: ignore[arg-type]
 
 
 def _check_linear(
@@ -246,7 +245,7 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
                 [2., 2., 2.]])
     """
     _check_linear("linear", input, weight, bias)
-    return DenseStack.apply(input, _LINEAR_PLAN, weight, bias)[0]
+    return DenseStack.call(input, _LINEAR_PLAN, weight, bias)[0]
 
 
 _LINEAR_PLAN: tuple[Layer, ...] = ((None, ()),)
@@ -273,7 +272,7 @@ def dense_stack(
         _check_linear("linear", input, weight, bias, shape)
         shape = torch.Size((*shape[:-1], weight.shape[0]))
     flat = [t for wb in params for t in wb]
-    return DenseStack.apply(input, plan, *flat)[0]
+    return DenseStack.call(input, plan, *flat)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,14 +280,12 @@ def dense_stack(
 # ---------------------------------------------------------------------------------------------
 
 
-class Bilinear(torch.autograd.Function):
+class Bilinear(ManualFunction):
     r"""``y_k = x_1ᵀ A_k x_2 + b_k`` with hand-derived gradients.
 
     grad_input1 = Σ_k δ_k A_k x_2, grad_input2 = Σ_k δ_k A_kᵀ x_1, grad_weight_k = Σ_n δ_{nk} x_1 x_2ᵀ,
     grad_bias = Σ_n δ_n.
     """
-
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(x1: Tensor, x2: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # type: ignore[override]
@@ -305,12 +302,11 @@ class Bilinear(torch.autograd.Function):
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x1, x2, weight = (t.to(grad_output.dtype) for t in ctx.saved_tensors)
         needs = ctx.needs_input_grad
-        g = grad_output.reshape(-1, weight.shape[0])
-        a, b = x1.reshape(-1, weight.shape[1]), x2.reshape(-1, weight.shape[2])
+        g, a, b = rows(grad_output), rows(x1), rows(x2)
         g1 = g2 = gw = gb = None
         if needs[0] or needs[1]:
             # t[n, i, j] = Σ_k δ[n, k] A[k, i, j]
-            t = g.mm(weight.reshape(weight.shape[0], -1)).reshape(-1, *weight.shape[1:])
+            t = g.mm(weight.flatten(1)).reshape(g.shape[0], *weight.shape[1:])
             if needs[0]:
                 # grad_input1[n, i] = Σ_j t[n, i, j] x2[n, j]
                 g1 = (t * b.unsqueeze(1)).sum(2).reshape(x1.shape)
@@ -326,7 +322,7 @@ class Bilinear(torch.autograd.Function):
         return g1, g2, gw, gb
 
     @staticmethod
-    def jvp(ctx: Any, x1_t: Tensor | None, x2_t: Tensor | None, w_t: Tensor | None, b_t: Tensor | None) -> Tensor:
+    def tangent(ctx: Any, x1_t: Tensor | None, x2_t: Tensor | None, w_t: Tensor | None, b_t: Tensor | None) -> Tensor:
         x1, x2, weight = ctx.saved_tensors
         terms = []
         if x1_t is not None:
@@ -366,4 +362,4 @@ def bilinear(input1: Tensor, input2: Tensor, weight: Tensor, bias: Tensor | None
             f"bilinear(): expected bias of shape [{weight.shape[0]}], but got bias of shape {shape_str(bias)}"
         )
     check_same_device_dtype("bilinear", input1=input1, input2=input2, weight=weight, bias=bias)
-    return Bilinear.apply(input1, input2, weight, bias)
+    return Bilinear.call(input1, input2, weight, bias)

@@ -10,18 +10,43 @@ from . import activation as _activation
 from .activation import ActivationModule, Dropout, PReLU
 from .container import MLP, Sequential
 from .linear import Bilinear, Linear
+from .loss import (
+    BCELoss,
+    BCEWithLogitsLoss,
+    CrossEntropyLoss,
+    HuberLoss,
+    KLDivLoss,
+    L1Loss,
+    MSELoss,
+    NLLLoss,
+    SmoothL1Loss,
+)
+from .softmax import GLU, LogSoftmax, Softmax, Softmin
 
 for _entry in ACTIVATIONS.values():
     globals()[_entry.module] = getattr(_activation, _entry.module)
 
 __all__ = [
+    "GLU",
     "MLP",
     "ActivationModule",
+    "BCELoss",
+    "BCEWithLogitsLoss",
     "Bilinear",
+    "CrossEntropyLoss",
     "Dropout",
+    "HuberLoss",
+    "KLDivLoss",
+    "L1Loss",
     "Linear",
+    "LogSoftmax",
+    "MSELoss",
+    "NLLLoss",
     "PReLU",
     "Sequential",
+    "SmoothL1Loss",
+    "Softmax",
+    "Softmin",
     *(a.module for a in ACTIVATIONS.values()),
 ]
 

@@ -111,7 +111,7 @@ class PReLU(nn.Module):
 
     Args:
         num_parameters: number of :math:`a` to learn: 1, or the number of channels (dim 1 of the
-            input, dim 0 when unbatched). Default: 1
+            input; a 1-D input has one channel). Default: 1
         init: the initial value of :math:`a`. Default: 0.25
 
     Shape:

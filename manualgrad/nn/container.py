@@ -76,7 +76,7 @@ class Sequential(nn.Sequential):
                 for w, b in zip(params[0::2], params[1::2], strict=True):
                     _check_linear("linear", input, w, b, shape)
                     shape = (*shape[:-1], w.shape[0])  # type: ignore[assignment]
-                input = DenseStack.apply(input, tuple(plan), *params)[0]
+                input = DenseStack.call(input, tuple(plan), *params)[0]
                 i = j
             else:
                 input = modules[i](input)  # type: ignore[misc]

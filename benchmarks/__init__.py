@@ -1,0 +1,1 @@
+"""Benchmarks of manualgrad against torch.nn: ``python -m benchmarks.bench``."""

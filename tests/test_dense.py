@@ -1,0 +1,151 @@
+"""Linear, the fused dense stack and Bilinear: the spec's dense-layer formulas, checked."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.autograd import gradcheck, gradgradcheck
+
+import manualgrad.functional as MF
+import manualgrad.nn as mnn
+from manualgrad.activations import ACTIVATIONS
+
+f64 = torch.float64
+
+LINEAR_SHAPES = [
+    pytest.param((5, 3), id="batch"),
+    pytest.param((3,), id="unbatched"),
+    pytest.param((2, 4, 3), id="3d"),
+    pytest.param((0, 3), id="empty-batch"),
+    pytest.param((2, 0, 3), id="empty-inner"),
+]
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("shape", LINEAR_SHAPES)
+def test_linear_gradcheck(shape: tuple[int, ...], bias: bool) -> None:
+    x = torch.randn(*shape, dtype=f64, requires_grad=True)
+    w = torch.randn(4, 3, dtype=f64, requires_grad=True)
+    b = torch.randn(4, dtype=f64, requires_grad=True) if bias else None
+    assert gradcheck(MF.linear, (x, w, b), check_forward_ad=True, check_batched_grad=True, check_batched_forward_grad=True)
+    assert gradgradcheck(MF.linear, (x, w, b), check_fwd_over_rev=True)
+
+
+def test_linear_is_the_spec_formula() -> None:
+    """grad_weight = δᵀX summed over every leading dim, grad_bias = Σδ, grad_input = δW."""
+    x = torch.randn(2, 5, 3, dtype=f64, requires_grad=True)
+    w = torch.randn(4, 3, dtype=f64, requires_grad=True)
+    b = torch.randn(4, dtype=f64, requires_grad=True)
+    delta = torch.randn(2, 5, 4, dtype=f64)
+    gx, gw, gb = torch.autograd.grad(MF.linear(x, w, b), (x, w, b), delta)
+    d2, x2 = delta.reshape(-1, 4), x.detach().reshape(-1, 3)
+    torch.testing.assert_close(gw, d2.T @ x2)
+    torch.testing.assert_close(gb, d2.sum(0))
+    torch.testing.assert_close(gx, delta @ w.detach())
+    # per sample, as the spec writes it: dC/dW = δ (a^{L-1})ᵀ, dC/da^{L-1} = Wᵀ δ
+    per_sample = sum(torch.outer(d2[n], x2[n]) for n in range(d2.shape[0]))
+    torch.testing.assert_close(gw, per_sample)
+    torch.testing.assert_close(gx.reshape(-1, 3)[3], w.detach().T @ d2[3])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", LINEAR_SHAPES)
+def test_linear_parity_with_torch(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    x = torch.randn(*shape, dtype=dtype, requires_grad=True)
+    w = torch.randn(4, 3, dtype=dtype, requires_grad=True)
+    b = torch.randn(4, dtype=dtype, requires_grad=True)
+    y, y_ref = MF.linear(x, w, b), F.linear(x, w, b)
+    torch.testing.assert_close(y, y_ref)
+    for g in (torch.randn_like(y), torch.randn(1, dtype=dtype).expand(y.shape), torch.randn(*reversed(y.shape), dtype=dtype).T if y.dim() == 2 else torch.randn_like(y)):
+        got = torch.autograd.grad(y, (x, w, b), g, retain_graph=True)
+        want = torch.autograd.grad(y_ref, (x, w, b), g, retain_graph=True)
+        for a, c in zip(got, want, strict=True):
+            torch.testing.assert_close(a, c)
+
+
+def test_linear_non_contiguous_input_and_needs_input_grad() -> None:
+    x = torch.randn(3, 6, dtype=f64)[:, ::2]  # no grad needed: grad_input is skipped
+    w = torch.randn(4, 3, dtype=f64, requires_grad=True)
+    y = MF.linear(x, w)
+    (gw,) = torch.autograd.grad(y.sum(), (w,))
+    torch.testing.assert_close(gw, torch.ones(3, 4, dtype=f64).T @ x)
+
+
+# --- the fused stack --------------------------------------------------------------------------
+
+STACK_ACTS = [pytest.param(a, id=a.name) for a in ACTIVATIONS.values()]
+
+
+def _two_layer(act_name: str, fused: bool, dtype: torch.dtype = f64) -> torch.nn.Module:
+    torch.manual_seed(0)
+    act = ACTIVATIONS[act_name]
+    params = act.examples[0]
+    layers = [mnn.Linear(6, 5, dtype=dtype), getattr(mnn, act.module)(*params), mnn.Linear(5, 4, dtype=dtype), getattr(mnn, act.module)(*params), mnn.Linear(4, 3, dtype=dtype)]
+    return mnn.Sequential(*layers) if fused else torch.nn.Sequential(*layers)
+
+
+@pytest.mark.parametrize("act", STACK_ACTS)
+def test_fused_stack_gives_identical_gradients(act) -> None:  # noqa: ANN001
+    x = torch.randn(7, 6, dtype=torch.float32, requires_grad=True)
+    g = torch.randn(7, 3)
+    results = []
+    for fused in (True, False):
+        net = _two_layer(act.name, fused, torch.float32)
+        y = net(x)
+        results.append((y, *torch.autograd.grad(y, (x, *net.parameters()), g)))
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("act", STACK_ACTS)
+def test_fused_stack_gradcheck(act) -> None:  # noqa: ANN001
+    net = _two_layer(act.name, fused=True)
+    x = torch.randn(3, 6, dtype=f64, requires_grad=True)
+    params = tuple(net.parameters())
+
+    def fn(x: torch.Tensor, *ps: torch.Tensor) -> torch.Tensor:
+        flat = tuple(zip(ps[0::2], ps[1::2], strict=True))
+        p = act.examples[0]
+        plan = ((act, p), (act, p), (None, ()))
+        return MF.dense_stack(x, plan, flat)
+
+    torch.testing.assert_close(fn(x, *params), net(x))
+    assert gradcheck(fn, (x, *params), check_forward_ad=True, check_batched_grad=True)
+    assert gradgradcheck(fn, (x, *params))
+
+
+def test_stack_unbatched_and_3d_input() -> None:
+    fused, plain = _two_layer("tanh", True), _two_layer("tanh", False)
+    for shape in ((6,), (2, 3, 6), (0, 6)):
+        x = torch.randn(*shape, dtype=f64)
+        torch.testing.assert_close(fused(x), plain(x), rtol=0, atol=0)
+
+
+def test_sequential_runs_hooked_modules_one_by_one() -> None:
+    net = _two_layer("relu", True)
+    calls = []
+    net[1].register_forward_hook(lambda m, i, o: calls.append("relu"))
+    x = torch.randn(4, 6, dtype=f64)
+    torch.testing.assert_close(net(x), _two_layer("relu", False)(x), rtol=0, atol=0)
+    assert calls == ["relu"]
+
+
+# --- Bilinear ---------------------------------------------------------------------------------
+
+BILINEAR_SHAPES = [pytest.param((4,), id="batch"), pytest.param((), id="unbatched"), pytest.param((2, 3), id="3d"), pytest.param((0,), id="empty")]
+
+
+@pytest.mark.parametrize("lead", BILINEAR_SHAPES)
+def test_bilinear(lead: tuple[int, ...]) -> None:
+    x1 = torch.randn(*lead, 3, dtype=f64, requires_grad=True)
+    x2 = torch.randn(*lead, 2, dtype=f64, requires_grad=True)
+    w = torch.randn(5, 3, 2, dtype=f64, requires_grad=True)
+    b = torch.randn(5, dtype=f64, requires_grad=True)
+    assert gradcheck(MF.bilinear, (x1, x2, w, b), check_forward_ad=True, check_batched_grad=True)
+    assert gradgradcheck(MF.bilinear, (x1, x2, w, b))
+    y, y_ref = MF.bilinear(x1, x2, w, b), F.bilinear(x1, x2, w, b)
+    torch.testing.assert_close(y, y_ref)
+    g = torch.randn_like(y)
+    for a, c in zip(torch.autograd.grad(y, (x1, x2, w, b), g), torch.autograd.grad(y_ref, (x1, x2, w, b), g), strict=True):
+        torch.testing.assert_close(a, c)

@@ -1,0 +1,183 @@
+"""Training: configs parse, a short run learns, resume is exact, DDP on CPU matches one process."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from train.callbacks import LearningCurve
+from train.data import MNISTDataModule, default_data_root, prepare_mnist
+from train.mnist import checkpoint_callback, cli_main
+from train.model import MNISTClassifier, native_mlp
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """Verified MNIST raw files in the shared data root, fetched once (``$MANUALGRAD_DATA``)."""
+    return prepare_mnist(default_data_root())
+
+
+def _manualgrad_ready() -> bool:
+    try:
+        import manualgrad.nn as mnn
+
+        return hasattr(mnn, "MLP") and hasattr(mnn, "CrossEntropyLoss")
+    except ImportError:
+        return False
+
+
+BACKENDS = [
+    pytest.param(
+        "manualgrad",
+        marks=pytest.mark.skipif(not _manualgrad_ready(), reason="manualgrad.nn not built"),
+    ),
+    "native",
+]
+
+
+def _trainer(root: Path, **kwargs: Any) -> pl.Trainer:
+    """A CPU trainer with the CLI's persistent callbacks, quiet, writing under ``root``."""
+    callbacks = [checkpoint_callback(), LearningCurve(), *kwargs.pop("callbacks", [])]
+    defaults: dict[str, Any] = dict(
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=str(root),
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    return pl.Trainer(callbacks=callbacks, **{**defaults, **kwargs})
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_config_parses_and_instantiates(config: Path, data_root: Path) -> None:
+    if "backend: manualgrad" in config.read_text() and not _manualgrad_ready():
+        pytest.skip("manualgrad.nn not built")
+    cli = cli_main(["--config", str(config)], run=False)
+    assert isinstance(cli.model, MNISTClassifier) and isinstance(cli.datamodule, MNISTDataModule)
+    assert cli.trainer.max_epochs is not None and cli.trainer.max_epochs >= 1
+
+
+def test_native_twin_matches_manualgrad_layout() -> None:
+    if not _manualgrad_ready():
+        pytest.skip("manualgrad.nn not built")
+    import manualgrad.nn as mnn
+
+    theirs = mnn.MLP(784, [32, 16], 10, activation="gelu", dropout=0.1).state_dict()
+    ours = native_mlp(784, [32, 16], 10, activation="gelu", dropout=0.1).state_dict()
+    assert {k: v.shape for k, v in theirs.items()} == {k: v.shape for k, v in ours.items()}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_short_run_beats_95_percent(backend: str, data_root: Path, tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    model = MNISTClassifier(backend=backend, hidden_sizes=[256], dropout=0.0, lr=3e-3)  # type: ignore[arg-type]
+    dm = MNISTDataModule(data_dir=str(data_root), batch_size=128)
+    trainer = _trainer(tmp_path, max_epochs=1)
+    trainer.fit(model, datamodule=dm)
+    val_acc = float(trainer.callback_metrics["val_acc"])
+    assert val_acc > 0.95, f"expected > 95% validation accuracy after one epoch, got {val_acc:.4f}"
+    assert (tmp_path / "learning_curve.png").stat().st_size > 0
+    assert Path(trainer.checkpoint_callback.best_model_path).is_file()  # type: ignore[union-attr]
+
+
+class _StopAfter(pl.Callback):
+    """Simulate an interruption: stop after ``epochs`` finished epochs."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resume_is_exact(backend: str, data_root: Path, tmp_path: Path) -> None:
+    """3 epochs straight vs. 2 epochs + resume from last.ckpt: identical weights (torch.equal)."""
+    hp: dict[str, Any] = dict(backend=backend, hidden_sizes=[64], dropout=0.2, lr=3e-3, seed=1)
+    dm_kw: dict[str, Any] = dict(data_dir=str(data_root), batch_size=128, shift_augment=2)
+    run: dict[str, Any] = dict(max_epochs=3, limit_train_batches=30, limit_val_batches=1)
+
+    def fit(
+        root: Path, stop: int | None = None, ckpt: str | None = None
+    ) -> tuple[pl.Trainer, MNISTClassifier]:
+        pl.seed_everything(7)
+        model = MNISTClassifier(**hp)
+        trainer = _trainer(root, callbacks=[_StopAfter(stop)] if stop else [], **run)
+        trainer.fit(model, datamodule=MNISTDataModule(**dm_kw), ckpt_path=ckpt)
+        return trainer, model
+
+    _, straight = fit(tmp_path / "straight")
+    first, _ = fit(tmp_path / "resumed", stop=2)
+    assert first.current_epoch == 2
+    last = tmp_path / "resumed" / "checkpoints" / "last.ckpt"
+    trainer, resumed = fit(tmp_path / "resumed", ckpt=str(last))
+    assert trainer.current_epoch == 3
+    for (name, a), (_, b) in zip(
+        straight.state_dict().items(), resumed.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), f"{name} differs after resume"
+    curve = next(cb for cb in trainer.callbacks if isinstance(cb, LearningCurve))  # type: ignore[attr-defined]
+    assert [int(r["epoch"]) for r in curve.history] == [0, 1, 2]
+
+
+def _final_val_acc(log_dir: Path) -> float:
+    with open(next(log_dir.rglob("metrics.csv"))) as f:
+        rows = list(csv.DictReader(f))
+    return float([r for r in rows if r.get("val_acc")][-1]["val_acc"])
+
+
+@pytest.mark.slow
+def test_ddp_cpu_two_processes(data_root: Path, tmp_path: Path) -> None:
+    """configs/ddp_cpu.yaml (2 gloo processes, 64 per rank) vs. one process (batch 128)."""
+    backend = "manualgrad" if _manualgrad_ready() else "native"
+    common = [
+        "--trainer.max_epochs=1",
+        "--model.hidden_sizes=[256]",
+        f"--model.backend={backend}",
+        "--trainer.enable_progress_bar=false",
+        "--test_after_fit=false",
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path),
+    ]
+    env = {**os.environ, "MANUALGRAD_DATA": str(data_root)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "train.mnist",
+        "fit",
+        "--config",
+        str(REPO / "configs" / "ddp_cpu.yaml"),
+        *common,
+        "--trainer.logger.init_args.name=ddp",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Epoch 1/1" in proc.stdout + proc.stderr
+    single = cli_main(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs" / "default.yaml"),
+            *common,
+            "--trainer.accelerator=cpu",
+            "--trainer.logger.init_args.name=single",
+            f"--data.data_dir={data_root}",
+        ],
+    )
+    assert single.trainer.world_size == 1
+    ddp_acc, single_acc = _final_val_acc(tmp_path / "ddp"), _final_val_acc(tmp_path / "single")
+    assert ddp_acc > 0.95 and abs(ddp_acc - single_acc) < 0.015, (ddp_acc, single_acc)
