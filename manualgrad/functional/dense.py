@@ -315,7 +315,7 @@ class Bilinear(ManualFunction):
                 g2 = (t * a.unsqueeze(2)).sum(1).reshape(x2.shape)
         if needs[2]:
             # grad_weight[k, i, j] = Σ_n δ[n, k] x1[n, i] x2[n, j]
-            gw = g.t().mm((a.unsqueeze(2) * b.unsqueeze(1)).reshape(g.shape[0], -1)).reshape(weight.shape)
+            gw = g.t().mm((a.unsqueeze(2) * b.unsqueeze(1)).flatten(1)).reshape(weight.shape)
         if needs[3]:
             # grad_bias = Σ_n δ_n
             gb = grad_bias(g)
