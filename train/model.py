@@ -93,9 +93,9 @@ class MNISTClassifier(pl.LightningModule):
         nesterov: use Nesterov momentum with SGD.
         scheduler: ``"onecycle"`` (warm-up, cosine anneal), ``"cosine"`` or ``"none"``; per step.
         warmup_pct: fraction of the steps spent warming up with ``onecycle``.
-        seed: base seed for the per-epoch RNG (dropout, augmentation). The global RNG is reseeded
-            from ``(seed, epoch, rank)`` at every epoch start, so resuming from an epoch-end
-            checkpoint continues exactly like the uninterrupted run.
+        seed: base seed for dropout. The global RNG is reseeded from ``(seed, epoch, batch, rank)``
+            before every training batch, so resuming from an epoch-end checkpoint continues
+            exactly like the uninterrupted run.
     """
 
     def __init__(
@@ -153,11 +153,11 @@ class MNISTClassifier(pl.LightningModule):
     ) -> torch.Tensor:
         return self(batch[0]).argmax(dim=-1)
 
-    def on_train_epoch_start(self) -> None:
-        # Per-epoch reseeding makes dropout/augmentation a function of (seed, epoch, rank) only.
-        torch.manual_seed(
-            (self.hparams["seed"] * 1_000_003 + self.current_epoch) * 1_009 + self.global_rank
-        )
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Reseeding per batch makes dropout a function of (seed, epoch, batch, rank) only, whatever
+        # else consumed the global RNG: resuming from an epoch-end checkpoint is exact.
+        key = (self.hparams["seed"] * 1_000_003 + self.current_epoch) * 1_000_003 + batch_idx
+        torch.manual_seed(key * 1_009 + self.global_rank)
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams

@@ -206,7 +206,7 @@ def _pointwise_value(
         enum = _Reduction.get_enum(red)
         if kind == "mse":
             return torch._C._nn.mse_loss(xb, tb, enum)
-        if kind == "l1" or param == 0:
+        if kind == "l1" or (kind == "smooth_l1" and param == 0):
             return torch._C._nn.l1_loss(xb, tb, enum)
         if kind == "huber":
             return torch._C._nn.huber_loss(xb, tb, enum, param)

@@ -1,0 +1,46 @@
+"""``torch.compile(fullgraph=True)`` traces manualgrad models with no graph break, same gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch._dynamo
+
+import manualgrad.nn as mnn
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "tanh", "leaky_relu"])
+def test_compiled_mlp_matches_eager(activation: str) -> None:
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = mnn.MLP(12, [16, 16], 5, activation=activation)
+    x, target = torch.randn(8, 12), torch.randint(0, 5, (8,))
+
+    def grads(fn) -> tuple[torch.Tensor, list[torch.Tensor]]:  # noqa: ANN001
+        model.zero_grad(set_to_none=True)
+        out = fn(x)
+        torch.nn.functional.cross_entropy(out, target).backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters()]  # type: ignore[union-attr]
+
+    compiled = torch.compile(model, fullgraph=True)
+    out_c, g_c = grads(compiled)
+    out_e, g_e = grads(model)
+    torch.testing.assert_close(out_c, out_e)
+    for a, b in zip(g_c, g_e, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_no_graph_break_in_standalone_ops() -> None:
+    torch._dynamo.reset()
+    net = torch.nn.Sequential(
+        mnn.Linear(6, 6),
+        mnn.SiLU(),
+        mnn.Dropout(0.1),
+        mnn.Linear(6, 4),
+        mnn.PReLU(),
+        mnn.Hardtanh(-2.0, 2.0),
+    )
+    explanation = torch._dynamo.explain(net)(torch.randn(3, 6))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
