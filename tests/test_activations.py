@@ -63,9 +63,7 @@ def grads_of(module: nn.Module, x: torch.Tensor, grad_out: torch.Tensor | None =
 def test_gradcheck(act: Activation, params: tuple[Any, ...]) -> None:
     z = sample(act, 4, 5).requires_grad_()
     fn = lambda z: MF.activation(z, act, *params)  # noqa: E731
-    assert gradcheck(
-        fn, (z,), check_forward_ad=True, check_batched_grad=True, check_batched_forward_grad=True
-    )
+    assert gradcheck(fn, (z,), check_forward_ad=True, check_batched_grad=True, check_batched_forward_grad=True)
     assert gradgradcheck(fn, (z,), check_fwd_over_rev=True, check_rev_over_rev=True)
 
 
@@ -82,9 +80,7 @@ def test_gradcheck_inplace(act: Activation, params: tuple[Any, ...]) -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize(("act", "params"), CASES)
-def test_parity_random_and_edges(
-    act: Activation, params: tuple[Any, ...], dtype: torch.dtype
-) -> None:
+def test_parity_random_and_edges(act: Activation, params: tuple[Any, ...], dtype: torch.dtype) -> None:
     x = edge_inputs(act, dtype)
     g = torch.randn_like(x)
     y_ref, gx_ref = grads_of(native(act, params), x, g)
@@ -112,9 +108,7 @@ LAYOUTS = {
 }
 GRAD_LAYOUTS = {
     "contiguous": lambda y: torch.randn_like(y),
-    "non-contiguous": lambda y: torch.randn(*reversed(y.shape), dtype=y.dtype).permute(
-        *reversed(range(y.dim()))
-    ),
+    "non-contiguous": lambda y: torch.randn(*reversed(y.shape), dtype=y.dtype).permute(*reversed(range(y.dim()))),
     "expanded": lambda y: torch.randn(1, dtype=y.dtype).expand(y.shape),
 }
 
@@ -186,7 +180,7 @@ def test_module_repr_state_dict_and_convert(act: Activation, params: tuple[Any, 
 def test_module_bad_params_are_refused() -> None:
     with pytest.raises(ValueError, match="expected max_val > min_val"):
         mnn.Hardtanh(2.0, 1.0)
-    with pytest.raises(ValueError, match="approximate to be 'none' or 'tanh'.*'tan'"):
+    with pytest.raises(ValueError, match=r"approximate to be 'none' or 'tanh'.*'tan'"):
         mnn.GELU("tan")
     with pytest.raises(ValueError, match="lambd to be non-negative"):
         mnn.Softshrink(-1.0)
@@ -273,9 +267,7 @@ def test_dropout_gradcheck_eval_and_module() -> None:
     assert m(x) is x
     assert repr(mnn.Dropout(0.2, True)) == repr(nn.Dropout(0.2, True))
     assert _signature(mnn.Dropout) == _signature(nn.Dropout)
-    with pytest.raises(
-        ValueError, match="dropout probability has to be between 0 and 1, but got 1.5"
-    ):
+    with pytest.raises(ValueError, match=r"dropout probability has to be between 0 and 1, but got 1.5"):
         mnn.Dropout(1.5)
 
 

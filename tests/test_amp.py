@@ -11,7 +11,7 @@ import manualgrad.nn as mnn
 from manualgrad.activations import ACTIVATIONS
 
 
-def _pair(make_native) -> tuple[nn.Module, nn.Module]:  # noqa: ANN001
+def _pair(make_native) -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(0)
     ref = make_native()
     import copy
@@ -48,7 +48,7 @@ def test_bf16_autocast_dtypes_match_native(name: str) -> None:
 
 
 @pytest.mark.parametrize("act", list(ACTIVATIONS.values()), ids=list(ACTIVATIONS))
-def test_activation_dtypes_under_autocast(act) -> None:  # noqa: ANN001
+def test_activation_dtypes_under_autocast(act) -> None:
     params = act.examples[0]
     for dtype in (torch.bfloat16, torch.float32):
         x = torch.randn(6, dtype=dtype, requires_grad=True)

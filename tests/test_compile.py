@@ -18,7 +18,7 @@ def test_compiled_mlp_matches_eager(activation: str) -> None:
     model = mnn.MLP(12, [16, 16], 5, activation=activation)
     x, target = torch.randn(8, 12), torch.randint(0, 5, (8,))
 
-    def grads(fn) -> tuple[torch.Tensor, list[torch.Tensor]]:  # noqa: ANN001
+    def grads(fn) -> tuple[torch.Tensor, list[torch.Tensor]]:
         model.zero_grad(set_to_none=True)
         out = fn(x)
         torch.nn.functional.cross_entropy(out, target).backward()

@@ -102,7 +102,7 @@ def _two_layer(act_name: str, fused: bool, dtype: torch.dtype = f64) -> torch.nn
 
 
 @pytest.mark.parametrize("act", STACK_ACTS)
-def test_fused_stack_gives_identical_gradients(act) -> None:  # noqa: ANN001
+def test_fused_stack_gives_identical_gradients(act) -> None:
     x = torch.randn(7, 6, dtype=torch.float32, requires_grad=True)
     g = torch.randn(7, 3)
     results = []
@@ -115,7 +115,7 @@ def test_fused_stack_gives_identical_gradients(act) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("act", STACK_ACTS)
-def test_fused_stack_gradcheck(act) -> None:  # noqa: ANN001
+def test_fused_stack_gradcheck(act) -> None:
     net = _two_layer(act.name, fused=True)
     x = torch.randn(3, 6, dtype=f64, requires_grad=True)
     params = tuple(net.parameters())

@@ -18,7 +18,8 @@ CASES = [
     pytest.param(
         lambda: mnn.Linear(3, 4)(torch.randn(2, 3, dtype=torch.float64)),
         RuntimeError,
-        r"expected input and weight to have the same dtype, but got input of dtype torch.float64 and weight of dtype torch.float32",
+        r"expected input and weight to have the same dtype, but got input of dtype torch.float64 "
+        r"and weight of dtype torch.float32",
         id="linear-dtype",
     ),
     pytest.param(
@@ -103,7 +104,7 @@ CASES = [
 
 
 @pytest.mark.parametrize(("call", "error", "message"), CASES)
-def test_error(call, error: type[Exception], message: str) -> None:  # noqa: ANN001
+def test_error(call, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
         call()
 

@@ -17,12 +17,10 @@ pytestmark = pytest.mark.gpu
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("act", list(ACTIVATIONS.values()), ids=list(ACTIVATIONS))
-def test_cuda_mlp_parity(act, dtype: torch.dtype) -> None:  # noqa: ANN001
+def test_cuda_mlp_parity(act, dtype: torch.dtype) -> None:
     params = act.examples[0]
     torch.manual_seed(0)
-    ref = nn.Sequential(nn.Linear(16, 32), getattr(nn, act.module)(*params), nn.Linear(32, 4)).to(
-        "cuda", dtype
-    )
+    ref = nn.Sequential(nn.Linear(16, 32), getattr(nn, act.module)(*params), nn.Linear(32, 4)).to("cuda", dtype)
     mine = manualgrad.convert(copy.deepcopy(ref))
     x = torch.randn(64, 16, device="cuda", dtype=dtype)
     y_ref, y = ref(x), mine(x)

@@ -75,7 +75,7 @@ def test_mlp_layout_matches_nn_sequential() -> None:
     y = mlp.train()(x)
     torch.manual_seed(5)
     torch.testing.assert_close(y, ref.train()(x))
-    with pytest.raises(ValueError, match="expected activation to be one of .* but got 'relux'"):
+    with pytest.raises(ValueError, match=r"expected activation to be one of .* but got 'relux'"):
         mnn.MLP(2, [2], 2, activation="relux")
 
 
@@ -119,9 +119,7 @@ def test_convert_mixed_model_in_place() -> None:
     assert kinds == ["mg", "mg", "Custom", "LayerNorm", "mg", "MyLinear", "mg", "mg"]
     assert isinstance(out[4][1], mnn.GELU) and out[4][1].approximate == "tanh"
     assert type(out[5]) is MyLinear
-    assert all(
-        a is b for a, b in zip(out.parameters(), params, strict=True)
-    )  # the optimizer still holds them
+    assert all(a is b for a, b in zip(out.parameters(), params, strict=True))  # the optimizer still holds them
     x = torch.randn(8, 4)
     torch.testing.assert_close(out(x), ref(x), rtol=1e-6, atol=1e-6)
     out(x).sum().backward()

@@ -50,8 +50,11 @@ class ManualFunction(torch.autograd.Function):
             cls.forward_ad_twin = type(
                 cls.__name__,
                 (cls,),
-                {"jvp": cls.__dict__["tangent"], "__module__": cls.__module__,
-                 "__qualname__": f"{cls.__qualname__}.forward_ad_twin"},
+                {
+                    "jvp": cls.__dict__["tangent"],
+                    "__module__": cls.__module__,
+                    "__qualname__": f"{cls.__qualname__}.forward_ad_twin",
+                },
             )
 
     @classmethod

@@ -33,7 +33,7 @@ class Elementwise(ManualFunction):
     """
 
     @staticmethod
-    def forward(x: Tensor, act: Activation, params: tuple[Any, ...], inplace: bool) -> tuple[Tensor, ...]:  # type: ignore[override]
+    def forward(x: Tensor, act: Activation, params: tuple[Any, ...], inplace: bool) -> tuple[Tensor, ...]:
         if not inplace:
             return (act.forward(x, *params),)
         if act.saves == "output":
@@ -55,7 +55,7 @@ class Elementwise(ManualFunction):
             ctx.save_for_forward(saved)
 
     @staticmethod
-    def backward(ctx: Any, grad_output: Tensor | None, grad_z: Tensor | None = None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_output: Tensor | None, grad_z: Tensor | None = None) -> tuple[Tensor | None, ...]:
         (saved,) = ctx.saved_tensors
         grad = None
         if grad_output is not None:
@@ -147,7 +147,7 @@ class PReLU(ManualFunction):
     """
 
     @staticmethod
-    def forward(x: Tensor, weight: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(x: Tensor, weight: Tensor) -> Tensor:
         return F.prelu(x, weight)
 
     @staticmethod
@@ -157,7 +157,7 @@ class PReLU(ManualFunction):
             ctx.save_for_forward(*inputs)
 
     @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, Tensor | None]:
         x, weight = ctx.saved_tensors
         w = _per_channel(weight, x)
         grad_x = grad_w = None
@@ -205,11 +205,9 @@ class Dropout(ManualFunction):
     """``a = z ⊙ noise``, ``noise = m / (1 − p)``; backward ``grad_input = grad_output ⊙ noise``."""
 
     @staticmethod
-    def forward(x: Tensor, p: float, inplace: bool) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        if p == 1.0:
-            noise = torch.zeros_like(x)
-        else:
-            noise = torch.empty_like(x).bernoulli_(1.0 - p).div_(1.0 - p)
+    def forward(x: Tensor, p: float, inplace: bool) -> tuple[Tensor, Tensor]:
+        # torch's CPU recipe (the same draws for the same seed); p = 1 keeps nothing
+        noise = torch.zeros_like(x) if p == 1.0 else torch.empty_like(x).bernoulli_(1.0 - p).div_(1.0 - p)
         return (x.mul_(noise) if inplace else x * noise), noise
 
     @staticmethod
@@ -223,7 +221,7 @@ class Dropout(ManualFunction):
             ctx.save_for_forward(output[1])
 
     @staticmethod
-    def backward(ctx: Any, grad_output: Tensor, _: Any = None) -> tuple[Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad_output: Tensor, _: Any = None) -> tuple[Tensor, None, None]:
         (noise,) = ctx.saved_tensors
         # grad_input = dC/da ⊙ m / (1 − p)
         return grad_output * noise, None, None

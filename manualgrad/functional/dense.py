@@ -116,7 +116,7 @@ class DenseStack(ManualFunction):
     """
 
     @staticmethod
-    def forward(x: Tensor, plan: tuple[Layer, ...], *params: Tensor | None) -> tuple[Tensor, ...]:  # type: ignore[override]
+    def forward(x: Tensor, plan: tuple[Layer, ...], *params: Tensor | None) -> tuple[Tensor, ...]:
         h = x
         hidden: list[Tensor] = []
         last = len(plan) - 1
@@ -150,7 +150,7 @@ class DenseStack(ManualFunction):
         return saved[0], saved[1 : n + 1], saved[n + 1], saved[n + 2 :]
 
     @staticmethod
-    def backward(ctx: Any, grad_output: Tensor | None, *grad_hidden: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_output: Tensor | None, *grad_hidden: Tensor | None) -> tuple[Tensor | None, ...]:
         x, weights, out, hidden = DenseStack._unpack(ctx)
         plan, slots, needs = ctx.plan, ctx.slots, ctx.needs_input_grad
         grads: list[Tensor | None] = [None] * (2 + 2 * len(plan))
@@ -160,18 +160,18 @@ class DenseStack(ManualFunction):
             act, p = plan[i]
             z_slot, a_slot = slots[i]
             if a_slot is not None and grad_hidden[a_slot] is not None:
-                g_a = rows(grad_hidden[a_slot])  # type: ignore[arg-type]
+                g_a = rows(grad_hidden[a_slot])
                 g = g_a if g is None else g + g_a
             if act is not None and g is not None:
                 s = hidden[z_slot] if z_slot is not None else hidden[a_slot] if a_slot is not None else out
                 # δ = dC/da ⊙ σ'(z)
                 g = act.grad(g, rows(s).to(g.dtype), *p)
             if z_slot is not None and grad_hidden[z_slot] is not None:
-                g_z = rows(grad_hidden[z_slot])  # type: ignore[arg-type]
+                g_z = rows(grad_hidden[z_slot])
                 g = g_z if g is None else g + g_z
             if g is None:
                 continue
-            h = rows(x if i == 0 else hidden[slots[i - 1][1]])  # type: ignore[index]
+            h = rows(x if i == 0 else hidden[slots[i - 1][1]])
             w = weights[i].to(g.dtype)
             if needs[2 + 2 * i]:
                 grads[2 + 2 * i] = grad_weight(g, h.to(g.dtype))
@@ -203,7 +203,7 @@ class DenseStack(ManualFunction):
                 hidden_t[a_slot] = dz.reshape(hidden[a_slot].shape)
                 h = rows(hidden[a_slot])
             dh = dz
-        return (dh.reshape(out.shape), *hidden_t)  # type: ignore[arg-type]
+        return (dh.reshape(out.shape), *hidden_t)  # type: ignore[union-attr,arg-type]
 
 
 def _check_linear(
@@ -212,7 +212,10 @@ def _check_linear(
     """Torch-style errors for a Linear layer; ``shape`` is the layer's input shape inside a stack."""
     shape = input.shape if shape is None else shape
     if weight.dim() != 2:
-        raise RuntimeError(f"{fname}(): expected weight to be 2-D (out_features, in_features), but got weight of shape {shape_str(weight)}")
+        raise RuntimeError(
+            f"{fname}(): expected weight to be 2-D (out_features, in_features), but got weight of shape "
+            f"{shape_str(weight)}"
+        )
     if len(shape) == 0 or shape[-1] != weight.shape[1]:
         raise RuntimeError(
             f"{fname}(): expected input of shape [*, {weight.shape[1]}] to match weight of shape "
@@ -251,9 +254,7 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 _LINEAR_PLAN: tuple[Layer, ...] = ((None, ()),)
 
 
-def dense_stack(
-    input: Tensor, plan: tuple[Layer, ...], params: tuple[tuple[Tensor, Tensor | None], ...]
-) -> Tensor:
+def dense_stack(input: Tensor, plan: tuple[Layer, ...], params: tuple[tuple[Tensor, Tensor | None], ...]) -> Tensor:
     """Run ``Linear → activation`` layers as one Function. ``params`` holds ``(weight, bias)`` per layer.
 
     Gives exactly the gradients of the layers applied one by one.
@@ -288,7 +289,7 @@ class Bilinear(ManualFunction):
     """
 
     @staticmethod
-    def forward(x1: Tensor, x2: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # type: ignore[override]
+    def forward(x1: Tensor, x2: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return torch.bilinear(x1, x2, weight, bias)
 
     @staticmethod
@@ -299,7 +300,7 @@ class Bilinear(ManualFunction):
             ctx.save_for_forward(x1, x2, weight)
 
     @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         x1, x2, weight = (t.to(grad_output.dtype) for t in ctx.saved_tensors)
         needs = ctx.needs_input_grad
         g, a, b = rows(grad_output), rows(x1), rows(x2)
@@ -345,7 +346,9 @@ def bilinear(input1: Tensor, input2: Tensor, weight: Tensor, bias: Tensor | None
         bias: :math:`(H_{out})` or ``None``.
     """
     if weight.dim() != 3:
-        raise RuntimeError(f"bilinear(): expected weight to be 3-D (out, in1, in2), but got weight of shape {shape_str(weight)}")
+        raise RuntimeError(
+            f"bilinear(): expected weight to be 3-D (out, in1, in2), but got weight of shape {shape_str(weight)}"
+        )
     if input1.shape[:-1] != input2.shape[:-1] or input1.dim() == 0:
         raise RuntimeError(
             f"bilinear(): expected input1 and input2 to have the same leading dimensions, but got "

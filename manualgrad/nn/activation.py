@@ -91,7 +91,7 @@ def _make_module(act: Activation) -> type[ActivationModule]:
     init = namespace["__init__"]
     init.__qualname__ = f"{act.module}.__init__"
     cls.__init__ = init  # type: ignore[misc]
-    cls.__constants__ = [p.name for p in act.params] + (["inplace"] if act.inplace else [])
+    cls.__constants__ = [p.name for p in act.params] + (["inplace"] if act.inplace else [])  # type: ignore[attr-defined]
     return cls
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,7 +53,7 @@ class Sequential(nn.Sequential):
         torch.Size([3, 2])
     """
 
-    def forward(self, input: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(self, input: Tensor) -> Tensor:
         modules = list(self._modules.values())
         if _global_hooks():
             return super().forward(input)
@@ -61,7 +62,7 @@ class Sequential(nn.Sequential):
             plan: list[Layer] = []
             params: list[Any] = []
             j = i
-            while j < n and type(modules[j]) is Linear and not _hooked(modules[j]):  # type: ignore[arg-type]
+            while j < n and type(modules[j]) is Linear and not _hooked(modules[j]):
                 lin = modules[j]
                 act = modules[j + 1] if j + 1 < n else None
                 if isinstance(act, ActivationModule) and not _hooked(act):
@@ -79,7 +80,7 @@ class Sequential(nn.Sequential):
                 input = DenseStack.call(input, tuple(plan), *params)[0]
                 i = j
             else:
-                input = modules[i](input)  # type: ignore[misc]
+                input = modules[i](input)
                 i += 1
         return input
 
@@ -124,7 +125,7 @@ class MLP(Sequential):
         act_cls = getattr(_act_modules, ACTIVATIONS[activation].module)
         layers: list[nn.Module] = []
         sizes = [in_features, *hidden_features]
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+        for fan_in, fan_out in itertools.pairwise(sizes):
             layers += [Linear(fan_in, fan_out, bias, device, dtype), act_cls()]
             if dropout > 0:
                 layers.append(Dropout(dropout))
