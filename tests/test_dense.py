@@ -174,3 +174,61 @@ def test_bilinear(lead: tuple[int, ...]) -> None:
         strict=True,
     ):
         torch.testing.assert_close(a, c)
+
+
+# --- compact saved activations (opt-in memory saving) -----------------------------------------
+
+
+def _saved_bytes(fn) -> int:  # noqa: ANN001
+    """Bytes of the distinct storages saved for backward, parameters excluded."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if not isinstance(t, torch.nn.Parameter):
+            st = t.untyped_storage()
+            storages[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "tanh"])
+def test_bf16_saved_activations(activation: str) -> None:
+    torch.manual_seed(0)
+    full = mnn.MLP(32, [64, 64], 10, activation=activation)
+    compact = mnn.MLP(32, [64, 64], 10, activation=activation, save_dtype=torch.bfloat16)
+    compact.load_state_dict(full.state_dict())
+    x = torch.randn(16, 32)
+    y_full, y_compact = full(x), compact(x)
+    assert torch.equal(y_full, y_compact)  # the forward is untouched
+    g = torch.randn_like(y_full)
+    g_full = torch.autograd.grad(y_full, list(full.parameters()), g)
+    g_compact = torch.autograd.grad(y_compact, list(compact.parameters()), g)
+    for a, b in zip(g_compact, g_full, strict=True):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+    full_bytes = _saved_bytes(lambda: full(x))
+    compact_bytes = _saved_bytes(lambda: compact(x))
+    hidden = 16 * 64 * 4 * (2 if activation != "gelu" else 4)  # the a's (and z's) in float32
+    assert full_bytes - compact_bytes == hidden // 2
+
+
+def test_bf16_saved_activations_refuse_double_backward() -> None:
+    net = mnn.MLP(4, [8], 2, activation="tanh", save_dtype=torch.bfloat16)
+    x = torch.randn(3, 4, requires_grad=True)
+    with pytest.raises(RuntimeError, match="first-order gradients only"):
+        torch.autograd.grad(net(x).sum(), x, create_graph=True)
+
+
+def test_saves_no_more_than_torch_nn() -> None:
+    """Each layer's input (and z only where σ' needs it); the logits are not saved."""
+    torch.manual_seed(0)
+    for activation, native_act in (("relu", torch.nn.ReLU), ("gelu", torch.nn.GELU), ("sigmoid", torch.nn.Sigmoid)):
+        mine = mnn.MLP(32, [64, 64], 10, activation=activation)
+        ref = torch.nn.Sequential(
+            torch.nn.Linear(32, 64), native_act(), torch.nn.Linear(64, 64), native_act(), torch.nn.Linear(64, 10)
+        )
+        x = torch.randn(16, 32)
+        assert _saved_bytes(lambda m=mine: m(x)) <= _saved_bytes(lambda m=ref: m(x)), activation

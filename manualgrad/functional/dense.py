@@ -47,8 +47,15 @@ Layer = tuple[Activation | None, tuple[Any, ...]]
 
 def rows(t: Tensor) -> Tensor:
     """``t`` as a matrix of samples: every leading dim folded into rows (a 1-D ``t`` is one row)."""
+    if t.dim() == 2:
+        return t
     n = t.shape[-1]
     return t.reshape(-1 if n and t.numel() else math.prod(t.shape[:-1]), n)
+
+
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` in the backward's compute dtype (under autocast the forward ran in a lower one)."""
+    return t if t.dtype is dtype else t.to(dtype)
 
 
 def linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -111,12 +118,20 @@ def _layout(plan: tuple[Layer, ...]) -> tuple[tuple[int | None, int | None], ...
 class DenseStack(ManualFunction):
     """``a_i = σ_i(a_{i-1} W_iᵀ + b_i)`` for a run of layers, with hand-derived gradients.
 
-    ``apply(x, plan, w_1, b_1, ..., w_L, b_L)`` returns ``(output, *hidden)``; use
+    ``apply(x, plan, save_dtype, w_1, b_1, ..., w_L, b_L)`` returns ``(output, *hidden)``; use
     :func:`dense_stack`, which returns the output alone.
+
+    Saved for backward: the input ``x``, the weights, each hidden ``a`` (the next layer's input,
+    which torch.nn's Linear saves too) and ``z`` only where the activation's derivative needs it;
+    the output only where the last activation's derivative needs it. With ``save_dtype`` (e.g.
+    ``torch.bfloat16``) the hidden tensors are saved in that compact dtype: less memory, slightly
+    rounded gradients, first-order gradients only.
     """
 
     @staticmethod
-    def forward(x: Tensor, plan: tuple[Layer, ...], *params: Tensor | None) -> tuple[Tensor, ...]:
+    def forward(
+        x: Tensor, plan: tuple[Layer, ...], save_dtype: torch.dtype | None, *params: Tensor | None
+    ) -> tuple[Tensor, ...]:
         h = x
         hidden: list[Tensor] = []
         last = len(plan) - 1
@@ -135,10 +150,16 @@ class DenseStack(ManualFunction):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
-        x, plan, *params = inputs
-        ctx.plan, ctx.slots = plan, _layout(plan)
+        x, plan, save_dtype, *params = inputs
+        out, *hidden = output
+        ctx.plan, ctx.slots, ctx.save_dtype, ctx.out_shape = plan, _layout(plan), save_dtype, out.shape
         ctx.set_materialize_grads(False)
-        saved = (x, *params[0::2], *output)
+        last = plan[-1][0]
+        keep_out = out if last is not None and last.saves == "output" else None
+        if save_dtype is not None:
+            hidden = [h.to(save_dtype) for h in hidden]
+            keep_out = None if keep_out is None else keep_out.to(save_dtype)
+        saved = (x, *params[0::2], keep_out, *hidden)
         ctx.save_for_backward(*saved)
         if forward_ad_enabled():
             ctx.save_for_forward(*saved)
@@ -151,40 +172,49 @@ class DenseStack(ManualFunction):
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor | None, *grad_hidden: Tensor | None) -> tuple[Tensor | None, ...]:
+        if ctx.save_dtype is not None and torch.is_grad_enabled():
+            raise RuntimeError(
+                f"manualgrad: activations saved as {ctx.save_dtype} (save_dtype) give first-order gradients "
+                "only; use save_dtype=None for double backward"
+            )
         x, weights, out, hidden = DenseStack._unpack(ctx)
         plan, slots, needs = ctx.plan, ctx.slots, ctx.needs_input_grad
-        grads: list[Tensor | None] = [None] * (2 + 2 * len(plan))
+        grads: list[Tensor | None] = [None] * (3 + 2 * len(plan))
         # g is dC/da of the current layer; it becomes δ = dC/dz, then dC/da of the layer below.
         g = None if grad_output is None else rows(grad_output)
+        # the g this backward made itself (a grad_input product) may be overwritten in place, unless
+        # a graph of the backward is being recorded (double backward)
+        owned, may_overwrite = False, not torch.is_grad_enabled()
         for i in range(len(plan) - 1, -1, -1):
             act, p = plan[i]
             z_slot, a_slot = slots[i]
             if a_slot is not None and grad_hidden[a_slot] is not None:
-                g_a = rows(grad_hidden[a_slot])
-                g = g_a if g is None else g + g_a
+                g_a = rows(grad_hidden[a_slot])  # type: ignore[arg-type]
+                g, owned = (g_a, False) if g is None else (g + g_a, True)
             if act is not None and g is not None:
                 s = hidden[z_slot] if z_slot is not None else hidden[a_slot] if a_slot is not None else out
+                s = _as(rows(s), g.dtype)
                 # δ = dC/da ⊙ σ'(z)
-                g = act.grad(g, rows(s).to(g.dtype), *p)
+                g = act.grad_(g, s, *p) if owned and may_overwrite and act.grad_ else act.grad(g, s, *p)
+                owned = True
             if z_slot is not None and grad_hidden[z_slot] is not None:
-                g_z = rows(grad_hidden[z_slot])
-                g = g_z if g is None else g + g_z
+                g_z = rows(grad_hidden[z_slot])  # type: ignore[arg-type]
+                g, owned = (g_z, False) if g is None else (g + g_z, True)
             if g is None:
                 continue
-            h = rows(x if i == 0 else hidden[slots[i - 1][1]])
-            w = weights[i].to(g.dtype)
-            if needs[2 + 2 * i]:
-                grads[2 + 2 * i] = grad_weight(g, h.to(g.dtype))
+            h = _as(rows(x if i == 0 else hidden[slots[i - 1][1]]), g.dtype)  # type: ignore[index]
             if needs[3 + 2 * i]:
-                grads[3 + 2 * i] = grad_bias(g)
+                grads[3 + 2 * i] = grad_weight(g, h)
+            if needs[4 + 2 * i]:
+                grads[4 + 2 * i] = grad_bias(g)
             if i > 0 or needs[0]:
-                g = grad_input(g, w)
+                g, owned = grad_input(g, _as(weights[i], g.dtype)), True
         if needs[0] and g is not None:
             grads[0] = g.reshape(x.shape)
         return tuple(grads)
 
     @staticmethod
-    def tangent(ctx: Any, x_t: Tensor | None, plan_t: None, *params_t: Tensor | None) -> tuple[Tensor, ...]:
+    def tangent(ctx: Any, x_t: Tensor | None, plan_t: None, dtype_t: None, *params_t: Tensor | None) -> tuple[Tensor, ...]:
         x, weights, out, hidden = DenseStack._unpack(ctx)
         plan, slots = ctx.plan, ctx.slots
         hidden_t: list[Tensor | None] = [None] * len(hidden)
@@ -203,7 +233,7 @@ class DenseStack(ManualFunction):
                 hidden_t[a_slot] = dz.reshape(hidden[a_slot].shape)
                 h = rows(hidden[a_slot])
             dh = dz
-        return (dh.reshape(out.shape), *hidden_t)  # type: ignore[union-attr,arg-type]
+        return (dh.reshape(ctx.out_shape), *hidden_t)  # type: ignore[union-attr,arg-type]
 
 
 def _check_linear(
@@ -211,6 +241,15 @@ def _check_linear(
 ) -> None:
     """Torch-style errors for a Linear layer; ``shape`` is the layer's input shape inside a stack."""
     shape = input.shape if shape is None else shape
+    if (
+        weight.dim() == 2
+        and len(shape) > 0
+        and shape[-1] == weight.shape[1]
+        and input.dtype == weight.dtype
+        and input.device == weight.device
+        and (bias is None or (bias.shape == weight.shape[:1] and bias.dtype == weight.dtype and bias.device == weight.device))
+    ):
+        return  # the common case, checked cheaply; the detailed checks below name what is wrong
     if weight.dim() != 2:
         raise RuntimeError(
             f"{fname}(): expected weight to be 2-D (out_features, in_features), but got weight of shape "
@@ -227,6 +266,15 @@ def _check_linear(
             f"{shape_str(weight)}, but got bias of shape {shape_str(bias)}"
         )
     check_same_device_dtype(fname, input=input, weight=weight, bias=bias)
+
+
+def check_stack(input: Tensor, params: list[Tensor | None]) -> None:
+    """Torch-style errors for a run of Linear layers, ``params`` = ``[w_1, b_1, ..., w_L, b_L]``."""
+    shape = input.shape
+    for i in range(0, len(params), 2):
+        weight = params[i]
+        _check_linear("linear", input, weight, params[i + 1], shape)  # type: ignore[arg-type]
+        shape = torch.Size((*shape[:-1], weight.shape[0]))  # type: ignore[union-attr]
 
 
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -248,16 +296,22 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
                 [2., 2., 2.]])
     """
     _check_linear("linear", input, weight, bias)
-    return DenseStack.call(input, _LINEAR_PLAN, weight, bias)[0]
+    return DenseStack.call(input, _LINEAR_PLAN, None, weight, bias)[0]
 
 
 _LINEAR_PLAN: tuple[Layer, ...] = ((None, ()),)
 
 
-def dense_stack(input: Tensor, plan: tuple[Layer, ...], params: tuple[tuple[Tensor, Tensor | None], ...]) -> Tensor:
+def dense_stack(
+    input: Tensor,
+    plan: tuple[Layer, ...],
+    params: tuple[tuple[Tensor, Tensor | None], ...],
+    save_dtype: torch.dtype | None = None,
+) -> Tensor:
     """Run ``Linear → activation`` layers as one Function. ``params`` holds ``(weight, bias)`` per layer.
 
-    Gives exactly the gradients of the layers applied one by one.
+    Gives exactly the gradients of the layers applied one by one. ``save_dtype`` saves the hidden
+    activations for backward in a compact dtype (see :class:`DenseStack`).
 
     Example:
         >>> import torch, manualgrad.functional as MF
@@ -268,12 +322,9 @@ def dense_stack(input: Tensor, plan: tuple[Layer, ...], params: tuple[tuple[Tens
         >>> y.shape
         torch.Size([5, 3])
     """
-    shape = input.shape
-    for weight, bias in params:
-        _check_linear("linear", input, weight, bias, shape)
-        shape = torch.Size((*shape[:-1], weight.shape[0]))
     flat = [t for wb in params for t in wb]
-    return DenseStack.call(input, plan, *flat)[0]
+    check_stack(input, flat)
+    return DenseStack.call(input, plan, save_dtype, *flat)[0]
 
 
 # ---------------------------------------------------------------------------------------------

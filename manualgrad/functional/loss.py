@@ -43,7 +43,7 @@ from torch import Tensor
 from torch.nn import _reduction as _Reduction
 from torch.nn import functional as F
 
-from ._common import forward_ad_enabled
+from ._common import ManualFunction, forward_ad_enabled
 
 __all__ = [
     "BCELoss",
@@ -67,6 +67,7 @@ __all__ = [
     "smooth_l1_loss",
 ]
 
+_nn: Any = torch._C._nn  # torch's loss kernels (their stubs type ``reduction`` as str; it is an int)
 _REDUCTIONS = ("none", "mean", "sum")
 _BCE_EPS = 1e-12  # torch's EPSILON in binary_cross_entropy_backward
 
@@ -86,9 +87,7 @@ def _fp32(on: bool, *tensors: Tensor | None) -> tuple[Any, ...]:
     if not on or not torch.is_autocast_enabled(first.device.type):
         return tensors
     return tuple(
-        t.float()
-        if t is not None and t.is_floating_point() and t.dtype not in (torch.float32, torch.float64)
-        else t
+        t.float() if t is not None and t.is_floating_point() and t.dtype not in (torch.float32, torch.float64) else t
         for t in tensors
     )
 
@@ -144,9 +143,7 @@ def _elementwise(kind: str, x: Tensor, t: Tensor, param: float) -> Tensor:
     return torch.where(d.abs() < param, 0.5 * d * d, param * (d.abs() - 0.5 * param))
 
 
-def _partials(
-    kind: str, x: Tensor, t: Tensor, pw: Tensor | None, param: float
-) -> tuple[Tensor, Tensor]:
+def _partials(kind: str, x: Tensor, t: Tensor, pw: Tensor | None, param: float) -> tuple[Tensor, Tensor]:
     """(∂ℓ/∂x, ∂ℓ/∂t) elementwise, before weight and reduction."""
     if kind in ("mse", "l1", "huber", "smooth_l1"):
         d = x - t
@@ -201,21 +198,21 @@ def _pointwise_value(
     if kind in ("mse", "l1", "huber", "smooth_l1"):
         xb, tb = torch.broadcast_tensors(x, t)
         if kind == "huber" and w is not None:
-            ew = torch._C._nn.huber_loss(xb, tb, 0, param) * w
+            ew = _nn.huber_loss(xb, tb, 0, param) * w
             return ew if red == "none" else torch.sum(ew) if red == "sum" else ew.mean()
         enum = _Reduction.get_enum(red)
         if kind == "mse":
-            return torch._C._nn.mse_loss(xb, tb, enum)
+            return _nn.mse_loss(xb, tb, enum)
         if kind == "l1" or (kind == "smooth_l1" and param == 0):
-            return torch._C._nn.l1_loss(xb, tb, enum)
+            return _nn.l1_loss(xb, tb, enum)
         if kind == "huber":
-            return torch._C._nn.huber_loss(xb, tb, enum, param)
-        return torch._C._nn.smooth_l1_loss(xb, tb, enum, param)
+            return _nn.huber_loss(xb, tb, enum, param)
+        return _nn.smooth_l1_loss(xb, tb, enum, param)
     if kind == "bce":
         w = _fp32(True, w)[0] if w is not None else None
         if w is not None:
             w = w.expand(torch.broadcast_shapes(t.size(), w.size()))
-        return torch._C._nn.binary_cross_entropy(x, t, w, _Reduction.get_enum(red))
+        return _nn.binary_cross_entropy(x, t, w, _Reduction.get_enum(red))
     if kind == "bce_logits":
         w = _fp32(True, w)[0] if w is not None else None
         return torch.binary_cross_entropy_with_logits(x, t, w, pw, _Reduction.get_enum(red))
@@ -238,7 +235,7 @@ def _scale(red: str, g: Tensor, shape: torch.Size, x: Tensor, w: Tensor | None) 
     return g
 
 
-class PointwiseLoss(torch.autograd.Function):
+class PointwiseLoss(ManualFunction):
     r"""An elementwise loss with reduction: ``apply(x, t, w, pos_weight, kind, red, param)``.
 
     ``kind`` is one of ``mse``, ``l1``, ``huber`` (``param`` δ), ``smooth_l1`` (``param`` β),
@@ -246,10 +243,8 @@ class PointwiseLoss(torch.autograd.Function):
     ``batchmean`` and ``wmean`` (the weighted mean :math:`\sum w\ell / \sum w`).
     """
 
-    generate_vmap_rule = True
-
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         x: Tensor,
         t: Tensor,
         w: Tensor | None,
@@ -270,7 +265,7 @@ class PointwiseLoss(torch.autograd.Function):
             ctx.save_for_forward(*saved)
 
     @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         x0, t0, w0, pw0, out = ctx.saved_tensors
         needs = ctx.needs_input_grad
         kind, red, param = ctx.kind, ctx.red, ctx.param
@@ -302,7 +297,7 @@ class PointwiseLoss(torch.autograd.Function):
         return grad_x, grad_t, grad_w, None, None, None, None
 
     @staticmethod
-    def jvp(ctx: Any, x_t: Tensor | None, t_t: Tensor | None, w_t: Tensor | None, *_: Any) -> Tensor:
+    def tangent(ctx: Any, x_t: Tensor | None, t_t: Tensor | None, w_t: Tensor | None, *_: Any) -> Tensor:
         x, t, w, pw, out = ctx.saved_tensors
         kind, red, param = ctx.kind, ctx.red, ctx.param
         dx, dt = _partials(kind, x, t, pw, param)
@@ -331,29 +326,43 @@ class PointwiseLoss(torch.autograd.Function):
 class MSELoss(PointwiseLoss):
     """:class:`PointwiseLoss` with ``kind='mse'`` (its own autograd node name)."""
 
+    tangent = PointwiseLoss.__dict__["tangent"]  # its own forward-AD twin (and node name)
+
 
 class L1Loss(PointwiseLoss):
     """:class:`PointwiseLoss` with ``kind='l1'``."""
+
+    tangent = PointwiseLoss.__dict__["tangent"]  # its own forward-AD twin (and node name)
 
 
 class HuberLoss(PointwiseLoss):
     """:class:`PointwiseLoss` with ``kind='huber'``."""
 
+    tangent = PointwiseLoss.__dict__["tangent"]  # its own forward-AD twin (and node name)
+
 
 class SmoothL1Loss(PointwiseLoss):
     """:class:`PointwiseLoss` with ``kind='smooth_l1'``."""
+
+    tangent = PointwiseLoss.__dict__["tangent"]  # its own forward-AD twin (and node name)
 
 
 class BCELoss(PointwiseLoss):
     """:class:`PointwiseLoss` with ``kind='bce'``."""
 
+    tangent = PointwiseLoss.__dict__["tangent"]  # its own forward-AD twin (and node name)
+
 
 class BCEWithLogitsLoss(PointwiseLoss):
     """:class:`PointwiseLoss` with ``kind='bce_logits'``."""
 
+    tangent = PointwiseLoss.__dict__["tangent"]  # its own forward-AD twin (and node name)
+
 
 class KLDivLoss(PointwiseLoss):
     """:class:`PointwiseLoss` with ``kind='kl'`` or ``'kl_log'``."""
+
+    tangent = PointwiseLoss.__dict__["tangent"]  # its own forward-AD twin (and node name)
 
 
 def _regression(
@@ -369,15 +378,13 @@ def _regression(
 ) -> Tensor:
     _warn_size(input, target)
     if weight is None:
-        return fn.apply(input, target, None, None, kind, _enum_reduction(reduction), param)
+        return fn.call(input, target, None, None, kind, _enum_reduction(reduction), param)
     if weight.size() != input.size():
         raise ValueError("Weights and input must have the same size.")
     if reduction not in _REDUCTIONS:
-        raise ValueError(
-            f"Invalid reduction mode: {reduction}. Expected one of 'none', 'mean', 'sum'."
-        )
+        raise ValueError(f"Invalid reduction mode: {reduction}. Expected one of 'none', 'mean', 'sum'.")
     red = weighted_mean if reduction == "mean" else reduction
-    return fn.apply(input, target, weight, None, kind, red, param)
+    return fn.call(input, target, weight, None, kind, red, param)
 
 
 def mse_loss(
@@ -442,9 +449,7 @@ def huber_loss(
         >>> MF.huber_loss(torch.tensor([0.5, 3.0]), torch.zeros(2), reduction="sum")
         tensor(2.6250)
     """
-    return _regression(
-        "huber_loss", HuberLoss, "huber", input, target, reduction, weight, delta, "mean"
-    )
+    return _regression("huber_loss", HuberLoss, "huber", input, target, reduction, weight, delta, "mean")
 
 
 def smooth_l1_loss(
@@ -467,7 +472,7 @@ def smooth_l1_loss(
     """
     _warn_size(input, target)
     reduction = _enum_reduction(_legacy(size_average, reduce, reduction))
-    return SmoothL1Loss.apply(input, target, None, None, "smooth_l1", reduction, beta)
+    return SmoothL1Loss.call(input, target, None, None, "smooth_l1", reduction, beta)
 
 
 def binary_cross_entropy(
@@ -496,7 +501,7 @@ def binary_cross_entropy(
             f"({input.size()}) is deprecated. Please ensure they have the same size."
         )
     _no_grad_arg("binary_cross_entropy", "weight", weight)
-    return BCELoss.apply(input, target, weight, None, "bce", reduction, 0.0)
+    return BCELoss.call(input, target, weight, None, "bce", reduction, 0.0)
 
 
 def binary_cross_entropy_with_logits(
@@ -522,12 +527,10 @@ def binary_cross_entropy_with_logits(
     """
     reduction = _enum_reduction(_legacy(size_average, reduce, reduction))
     if target.size() != input.size():
-        raise ValueError(
-            f"Target size ({target.size()}) must be the same as input size ({input.size()})"
-        )
+        raise ValueError(f"Target size ({target.size()}) must be the same as input size ({input.size()})")
     _no_grad_arg("binary_cross_entropy_with_logits", "weight", weight)
     _no_grad_arg("binary_cross_entropy_with_logits", "pos_weight", pos_weight)
-    return BCEWithLogitsLoss.apply(input, target, weight, pos_weight, "bce_logits", reduction, 0.0)
+    return BCEWithLogitsLoss.call(input, target, weight, pos_weight, "bce_logits", reduction, 0.0)
 
 
 def kl_div(
@@ -563,7 +566,7 @@ def kl_div(
             )
         red = "batchmean" if reduction == "batchmean" else _enum_reduction(reduction)
     kind = "kl_log" if log_target else "kl"
-    return KLDivLoss.apply(input, target, None, None, kind, red, 0.0)
+    return KLDivLoss.call(input, target, None, None, kind, red, 0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -595,17 +598,15 @@ def _index_norm(red: str, mask: Tensor, safe: Tensor, w: Tensor | None, dtype: t
     return torch.where(norm == 0, 1.0, norm)
 
 
-class CrossEntropyLoss(torch.autograd.Function):
+class CrossEntropyLoss(ManualFunction):
     r"""Softmax cross entropy in one Function: ``apply(x, target, w, red, ignore_index, ε, probs)``.
 
     Returns ``(loss, log_softmax(x))``; the second is hidden (the backward uses it).
     grad_input = G/norm ⊙ (p Σ_c a − a), with ``a = w ⊙ y_s`` and ``p = softmax(x)``.
     """
 
-    generate_vmap_rule = True
-
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         x: Tensor,
         target: Tensor,
         w: Tensor | None,
@@ -628,7 +629,7 @@ class CrossEntropyLoss(torch.autograd.Function):
             if red == "sum":
                 return -prod.sum(), logp
             return -prod.sum() / (x.numel() / n_classes if x.numel() else math.nan), logp
-        nll = torch._C._nn.nll_loss_nd(logp, target, w, _Reduction.get_enum(red), ignore_index)
+        nll = _nn.nll_loss_nd(logp, target, w, _Reduction.get_enum(red), ignore_index)
         if eps <= 0:
             return nll, logp
         mask, safe = _targets(target, ignore_index)
@@ -676,15 +677,15 @@ class CrossEntropyLoss(torch.autograd.Function):
         return ys, a, norm, cd
 
     @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: Any, grad_loss: Tensor | None, grad_logp: Tensor | None
-    ) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad_loss: Tensor | None, grad_logp: Tensor | None) -> tuple[Tensor | None, ...]:
         logp0, target, w0 = ctx.saved_tensors
         needs = ctx.needs_input_grad
         if grad_loss is None and grad_logp is None:
             return None, None, None, None, None, None, None
         dtype = (grad_loss if grad_loss is not None else grad_logp).dtype  # type: ignore[union-attr]
-        logp = logp0.to(dtype)
+        logp = logp0 if logp0.dtype is dtype else logp0.to(dtype)
+        if grad_logp is None and w0 is None and not ctx.probs and ctx.eps <= 0 and ctx.red != "none":
+            return CrossEntropyLoss._index_backward(ctx, grad_loss, logp, target), None, None, None, None, None, None
         w = None if w0 is None else w0.to(dtype)
         p = logp.exp()
         grad_x = grad_t = grad_w = None
@@ -712,9 +713,21 @@ class CrossEntropyLoss(torch.autograd.Function):
         return grad_x, grad_t, grad_w, None, None, None, None
 
     @staticmethod
-    def jvp(  # type: ignore[override]
-        ctx: Any, x_t: Tensor | None, t_t: Tensor | None, w_t: Tensor | None, *_: Any
-    ) -> tuple[Tensor, Tensor]:
+    def _index_backward(ctx: Any, grad_loss: Tensor, logp: Tensor, target: Tensor) -> Tensor | None:
+        """The common case (class indices, no weight, no smoothing, mean or sum), in few kernels."""
+        if not ctx.needs_input_grad[0]:
+            return None
+        cd = 0 if logp.dim() == 1 else 1
+        mask = target != ctx.ignore_index
+        # G = dC/dloss / (number of counted targets) for 'mean', on the counted samples only
+        coef = (mask * (grad_loss / mask.sum().clamp_min(1) if ctx.red == "mean" else grad_loss)).unsqueeze(cd)
+        # grad_input = G ⊙ (softmax(x) − onehot(t)): scale p, then subtract G at each target class
+        # (an ignored target has G = 0; clamping keeps its index valid)
+        index = target.clamp(0, logp.shape[cd] - 1).long().unsqueeze(cd)
+        return (logp.exp() * coef).scatter_add_(cd, index, coef.neg())
+
+    @staticmethod
+    def tangent(ctx: Any, x_t: Tensor | None, t_t: Tensor | None, w_t: Tensor | None, *_: Any) -> tuple[Tensor, Tensor]:
         logp, target, w = ctx.saved_tensors
         ys, a, norm, cd = CrossEntropyLoss._coefficients(ctx, logp, target, w)
         p = logp.exp()
@@ -793,15 +806,12 @@ def cross_entropy(
     if input.shape == target.shape:
         if not target.is_floating_point():
             raise RuntimeError(
-                "Expected floating point type for target with class probabilities, got "
-                f"{_dtype_name(target)}"
+                f"Expected floating point type for target with class probabilities, got {_dtype_name(target)}"
             )
         if ignore_index >= 0:
             raise RuntimeError("ignore_index is not supported for floating point target")
         if label_smoothing > 1.0:
-            raise RuntimeError(
-                f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing:g}"
-            )
+            raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing:g}")
         cd = 0 if input.dim() == 1 else 1
         if weight is not None and input.dim() > cd and weight.shape != (input.shape[cd],):
             raise RuntimeError(
@@ -809,30 +819,24 @@ def cross_entropy(
                 f"{input.shape[cd]} classes or no classes but got weight tensor of shape: "
                 f"[{', '.join(str(s) for s in weight.shape)}]"
             )
-        return CrossEntropyLoss.apply(
-            input, target, weight, reduction, ignore_index, label_smoothing, True
-        )[0]
+        return CrossEntropyLoss.call(input, target, weight, reduction, ignore_index, label_smoothing, True)[0]
     if label_smoothing > 1.0:
         raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing:g}")
     _check_ce_target("cross_entropy", input, target, weight)
     eps = label_smoothing if label_smoothing > 0.0 else 0.0
-    return CrossEntropyLoss.apply(input, target, weight, reduction, ignore_index, eps, False)[0]
+    return CrossEntropyLoss.call(input, target, weight, reduction, ignore_index, eps, False)[0]
 
 
-class NLLLoss(torch.autograd.Function):
+class NLLLoss(ManualFunction):
     r"""Negative log likelihood: ``apply(x, target, w, red, ignore_index)``.
 
     loss_n = −w_{t_n} x_{n, t_n}; grad_input = −G w_t onehot(t) / norm (zero on ignored samples).
     """
 
-    generate_vmap_rule = True
-
     @staticmethod
-    def forward(  # type: ignore[override]
-        x: Tensor, target: Tensor, w: Tensor | None, red: str, ignore_index: int
-    ) -> Tensor:
+    def forward(x: Tensor, target: Tensor, w: Tensor | None, red: str, ignore_index: int) -> Tensor:
         x, w = _fp32(True, x, w)
-        return torch._C._nn.nll_loss_nd(x, target, w, _Reduction.get_enum(red), ignore_index)
+        return _nn.nll_loss_nd(x, target, w, _Reduction.get_enum(red), ignore_index)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
@@ -850,7 +854,7 @@ class NLLLoss(torch.autograd.Function):
         return -wt / _index_norm(ctx.red, mask, safe, w, dtype)
 
     @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
         target, w = ctx.saved_tensors
@@ -863,14 +867,12 @@ class NLLLoss(torch.autograd.Function):
         return grad, None, None, None, None
 
     @staticmethod
-    def jvp(ctx: Any, x_t: Tensor, *_: Any) -> Tensor:
+    def tangent(ctx: Any, x_t: Tensor, *_: Any) -> Tensor:
         target, w = ctx.saved_tensors
         cd = 0 if len(ctx.shape) == 1 else 1
-        _, safe = _targets(target, ctx.ignore_index)
+        _mask, safe = _targets(target, ctx.ignore_index)
         # d loss_n = c_n ẋ_{n, t_n}
-        per = NLLLoss._coefficient(ctx, target, w, x_t.dtype) * x_t.gather(
-            cd, safe.unsqueeze(cd)
-        ).squeeze(cd)
+        per = NLLLoss._coefficient(ctx, target, w, x_t.dtype) * x_t.gather(cd, safe.unsqueeze(cd)).squeeze(cd)
         return per if ctx.red == "none" else per.sum()
 
 
@@ -896,4 +898,4 @@ def nll_loss(
     """
     reduction = _enum_reduction(_legacy(size_average, reduce, reduction))
     _check_ce_target("nll_loss", input, target, weight)
-    return NLLLoss.apply(input, target, weight, reduction, ignore_index)
+    return NLLLoss.call(input, target, weight, reduction, ignore_index)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._common import forward_ad_enabled
+from ._common import ManualFunction, forward_ad_enabled
 
 __all__ = ["GLU", "LogSoftmax", "Softmax", "Softmin", "glu", "log_softmax", "softmax", "softmin"]
 
@@ -41,8 +41,7 @@ __all__ = ["GLU", "LogSoftmax", "Softmax", "Softmin", "glu", "log_softmax", "sof
 def _get_softmax_dim(name: str, ndim: int, stacklevel: int) -> int:
     """torch's implicit-dim choice (deprecated): dim 0 for 0-, 1- and 3-D input, else dim 1."""
     warnings.warn(
-        f"Implicit dimension choice for {name} has been deprecated. "
-        "Change the call to include dim=X as an argument.",
+        f"Implicit dimension choice for {name} has been deprecated. Change the call to include dim=X as an argument.",
         stacklevel=stacklevel,
     )
     return 0 if ndim in (0, 1, 3) else 1
@@ -58,16 +57,14 @@ def log_softmax_grad(g: Tensor, y: Tensor, dim: int) -> Tensor:
     return g - y.exp() * g.sum(dim, keepdim=True)
 
 
-class Softmax(torch.autograd.Function):
+class Softmax(ManualFunction):
     """``y = softmax(±x, dim)`` (``negate`` for softmin); backward ``±y ⊙ (g − Σ_dim g ⊙ y)``.
 
     ``apply(x, dim, dtype, negate)``: ``dtype`` casts the input first, as torch's ``dtype=``.
     """
 
-    generate_vmap_rule = True
-
     @staticmethod
-    def forward(x: Tensor, dim: int, dtype: torch.dtype | None, negate: bool) -> Tensor:  # type: ignore[override]
+    def forward(x: Tensor, dim: int, dtype: torch.dtype | None, negate: bool) -> Tensor:
         return (-x if negate else x).softmax(dim, dtype=dtype)
 
     @staticmethod
@@ -79,7 +76,7 @@ class Softmax(torch.autograd.Function):
             ctx.save_for_forward(output)
 
     @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, None, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, None, None, None]:
         if not ctx.needs_input_grad[0]:
             return None, None, None, None
         (y,) = ctx.saved_tensors
@@ -88,7 +85,7 @@ class Softmax(torch.autograd.Function):
         return (-grad if ctx.negate else grad), None, None, None
 
     @staticmethod
-    def jvp(ctx: Any, x_t: Tensor, *_: Any) -> Tensor:
+    def tangent(ctx: Any, x_t: Tensor, *_: Any) -> Tensor:
         (y,) = ctx.saved_tensors
         x_t = x_t.to(y.dtype)
         # ẏ = y ⊙ (±ẋ − Σ_dim y ⊙ ±ẋ)
@@ -98,14 +95,14 @@ class Softmax(torch.autograd.Function):
 class Softmin(Softmax):
     """``y = softmax(−x, dim)``: :class:`Softmax` with ``negate=True`` (its own node name)."""
 
+    tangent = Softmax.__dict__["tangent"]  # its own forward-AD twin
 
-class LogSoftmax(torch.autograd.Function):
+
+class LogSoftmax(ManualFunction):
     """``y = log_softmax(x, dim)``; backward ``g − exp(y) Σ_dim g``. ``apply(x, dim, dtype)``."""
 
-    generate_vmap_rule = True
-
     @staticmethod
-    def forward(x: Tensor, dim: int, dtype: torch.dtype | None) -> Tensor:  # type: ignore[override]
+    def forward(x: Tensor, dim: int, dtype: torch.dtype | None) -> Tensor:
         return x.log_softmax(dim, dtype=dtype)
 
     @staticmethod
@@ -116,7 +113,7 @@ class LogSoftmax(torch.autograd.Function):
             ctx.save_for_forward(output)
 
     @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, None, None]:
         if not ctx.needs_input_grad[0]:
             return None, None, None
         (y,) = ctx.saved_tensors
@@ -124,7 +121,7 @@ class LogSoftmax(torch.autograd.Function):
         return log_softmax_grad(grad_output, y.to(grad_output.dtype), ctx.dim), None, None
 
     @staticmethod
-    def jvp(ctx: Any, x_t: Tensor, *_: Any) -> Tensor:
+    def tangent(ctx: Any, x_t: Tensor, *_: Any) -> Tensor:
         (y,) = ctx.saved_tensors
         x_t = x_t.to(y.dtype)
         # ẏ = ẋ − Σ_dim exp(y) ⊙ ẋ
@@ -136,9 +133,7 @@ def _check_input(fname: str, input: Any) -> None:
         raise TypeError(f"{fname}(): argument 'input' must be Tensor, not {type(input).__name__}")
 
 
-def softmax(
-    input: Tensor, dim: int | None = None, _stacklevel: int = 3, dtype: torch.dtype | None = None
-) -> Tensor:
+def softmax(input: Tensor, dim: int | None = None, _stacklevel: int = 3, dtype: torch.dtype | None = None) -> Tensor:
     r"""Apply :math:`\text{Softmax}(x_i) = \frac{\exp(x_i)}{\sum_j \exp(x_j)}` along ``dim``.
 
     Like ``torch.nn.functional.softmax``; backward ``y ⊙ (g − Σ_dim g ⊙ y)``.
@@ -157,12 +152,10 @@ def softmax(
     _check_input("softmax", input)
     if dim is None:
         dim = _get_softmax_dim("softmax", input.dim(), _stacklevel)
-    return Softmax.apply(input, dim, dtype, False)
+    return Softmax.call(input, dim, dtype, False)
 
 
-def softmin(
-    input: Tensor, dim: int | None = None, _stacklevel: int = 3, dtype: torch.dtype | None = None
-) -> Tensor:
+def softmin(input: Tensor, dim: int | None = None, _stacklevel: int = 3, dtype: torch.dtype | None = None) -> Tensor:
     r"""Apply :math:`\text{Softmin}(x) = \text{Softmax}(-x)` along ``dim`` (``F.softmin``).
 
     Backward ``−y ⊙ (g − Σ_dim g ⊙ y)``.
@@ -175,7 +168,7 @@ def softmin(
     _check_input("softmin", input)
     if dim is None:
         dim = _get_softmax_dim("softmin", input.dim(), _stacklevel)
-    return Softmin.apply(input, dim, dtype, True)
+    return Softmin.call(input, dim, dtype, True)
 
 
 def log_softmax(
@@ -193,19 +186,17 @@ def log_softmax(
     _check_input("log_softmax", input)
     if dim is None:
         dim = _get_softmax_dim("log_softmax", input.dim(), _stacklevel)
-    return LogSoftmax.apply(input, dim, dtype)
+    return LogSoftmax.call(input, dim, dtype)
 
 
-class GLU(torch.autograd.Function):
+class GLU(ManualFunction):
     r"""``y = a ⊙ s(b)`` with ``a, b`` the halves of ``x`` along ``dim``. ``apply(x, dim)``.
 
     grad_a = g ⊙ s(b), grad_b = g ⊙ a ⊙ s(b)(1 − s(b)).
     """
 
-    generate_vmap_rule = True
-
     @staticmethod
-    def forward(x: Tensor, dim: int) -> Tensor:  # type: ignore[override]
+    def forward(x: Tensor, dim: int) -> Tensor:
         return F.glu(x, dim)
 
     @staticmethod
@@ -217,7 +208,7 @@ class GLU(torch.autograd.Function):
             ctx.save_for_forward(x)
 
     @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, None]:
         if not ctx.needs_input_grad[0]:
             return None, None
         (x,) = ctx.saved_tensors
@@ -230,7 +221,7 @@ class GLU(torch.autograd.Function):
         return torch.cat([grad_a, grad_b], ctx.dim), None
 
     @staticmethod
-    def jvp(ctx: Any, x_t: Tensor, _: Any) -> Tensor:
+    def tangent(ctx: Any, x_t: Tensor, _: Any) -> Tensor:
         (x,) = ctx.saved_tensors
         a, b = x.chunk(2, ctx.dim)
         a_t, b_t = x_t.to(x.dtype).chunk(2, ctx.dim)
@@ -253,4 +244,4 @@ def glu(input: Tensor, dim: int = -1) -> Tensor:
     _check_input("glu", input)
     if input.dim() == 0:
         raise RuntimeError("glu does not support scalars because halving size must be even")
-    return GLU.apply(input, dim)
+    return GLU.call(input, dim)
