@@ -179,7 +179,7 @@ def test_bilinear(lead: tuple[int, ...]) -> None:
 # --- compact saved activations (opt-in memory saving) -----------------------------------------
 
 
-def _saved_bytes(fn) -> int:  # noqa: ANN001
+def _saved_bytes(fn) -> int:
     """Bytes of the distinct storages saved for backward, parameters excluded."""
     storages: dict[int, int] = {}
 
@@ -231,4 +231,22 @@ def test_saves_no_more_than_torch_nn() -> None:
             torch.nn.Linear(32, 64), native_act(), torch.nn.Linear(64, 64), native_act(), torch.nn.Linear(64, 10)
         )
         x = torch.randn(16, 32)
-        assert _saved_bytes(lambda m=mine: m(x)) <= _saved_bytes(lambda m=ref: m(x)), activation
+        assert _saved_bytes(lambda m=mine, x=x: m(x)) <= _saved_bytes(lambda m=ref, x=x: m(x)), activation
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("activation", ["gelu", "silu", "elu"])
+def test_fused_derivative_kernel_matches_eager_formula(activation: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large first-order backwards run the registry formula compiled into one loop: same values."""
+    from manualgrad.activations import FUSION
+
+    monkeypatch.setattr(FUSION, "min_numel", 0)
+    torch.manual_seed(0)
+    net = mnn.MLP(16, [32], 4, activation=activation)
+    x, g = torch.randn(64, 16), torch.randn(64, 4)
+    fused = torch.autograd.grad(net(x), list(net.parameters()), g)
+    monkeypatch.setattr(FUSION, "enabled", False)
+    eager = torch.autograd.grad(net(x), list(net.parameters()), g)
+    for a, b in zip(fused, eager, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert FUSION._cache[activation] is not None  # compiled, not fallen back

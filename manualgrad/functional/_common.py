@@ -59,9 +59,7 @@ class ManualFunction(torch.autograd.Function):
         if "_twin" in cls.__dict__:
             return
         common = {"__module__": cls.__module__, "_twin": True}
-        cls.forward_ad_twin = type(
-            cls.__name__, (cls,), {"jvp": staticmethod(cls.tangent), **common}
-        )
+        cls.forward_ad_twin = type(cls.__name__, (cls,), {"jvp": staticmethod(cls.tangent), **common})
         forward, setup_context = cls.forward, cls.setup_context
 
         def classic_forward(ctx: Any, *args: Any) -> Any:

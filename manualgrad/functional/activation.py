@@ -60,7 +60,7 @@ class Elementwise(ManualFunction):
         grad = None
         if grad_output is not None:
             # grad_input = dC/da ⊙ σ'(z)
-            grad = ctx.act.grad(grad_output, saved, *ctx.params)
+            grad = ctx.act.backward(grad_output, saved, *ctx.params)
         if grad_z is not None:
             grad = grad_z if grad is None else grad + grad_z
         return grad, None, None, None

@@ -189,20 +189,20 @@ class DenseStack(ManualFunction):
             act, p = plan[i]
             z_slot, a_slot = slots[i]
             if a_slot is not None and grad_hidden[a_slot] is not None:
-                g_a = rows(grad_hidden[a_slot])  # type: ignore[arg-type]
+                g_a = rows(grad_hidden[a_slot])
                 g, owned = (g_a, False) if g is None else (g + g_a, True)
             if act is not None and g is not None:
                 s = hidden[z_slot] if z_slot is not None else hidden[a_slot] if a_slot is not None else out
                 s = _as(rows(s), g.dtype)
                 # δ = dC/da ⊙ σ'(z)
-                g = act.grad_(g, s, *p) if owned and may_overwrite and act.grad_ else act.grad(g, s, *p)
+                g = act.backward(g, s, *p, overwrite=owned and may_overwrite)
                 owned = True
             if z_slot is not None and grad_hidden[z_slot] is not None:
-                g_z = rows(grad_hidden[z_slot])  # type: ignore[arg-type]
+                g_z = rows(grad_hidden[z_slot])
                 g, owned = (g_z, False) if g is None else (g + g_z, True)
             if g is None:
                 continue
-            h = _as(rows(x if i == 0 else hidden[slots[i - 1][1]]), g.dtype)  # type: ignore[index]
+            h = _as(rows(x if i == 0 else hidden[slots[i - 1][1]]), g.dtype)
             if needs[3 + 2 * i]:
                 grads[3 + 2 * i] = grad_weight(g, h)
             if needs[4 + 2 * i]:
@@ -214,7 +214,9 @@ class DenseStack(ManualFunction):
         return tuple(grads)
 
     @staticmethod
-    def tangent(ctx: Any, x_t: Tensor | None, plan_t: None, dtype_t: None, *params_t: Tensor | None) -> tuple[Tensor, ...]:
+    def tangent(
+        ctx: Any, x_t: Tensor | None, plan_t: None, dtype_t: None, *params_t: Tensor | None
+    ) -> tuple[Tensor, ...]:
         x, weights, out, hidden = DenseStack._unpack(ctx)
         plan, slots = ctx.plan, ctx.slots
         hidden_t: list[Tensor | None] = [None] * len(hidden)
@@ -247,7 +249,10 @@ def _check_linear(
         and shape[-1] == weight.shape[1]
         and input.dtype == weight.dtype
         and input.device == weight.device
-        and (bias is None or (bias.shape == weight.shape[:1] and bias.dtype == weight.dtype and bias.device == weight.device))
+        and (
+            bias is None
+            or (bias.shape == weight.shape[:1] and bias.dtype == weight.dtype and bias.device == weight.device)
+        )
     ):
         return  # the common case, checked cheaply; the detailed checks below name what is wrong
     if weight.dim() != 2:

@@ -685,7 +685,8 @@ class CrossEntropyLoss(ManualFunction):
         dtype = (grad_loss if grad_loss is not None else grad_logp).dtype  # type: ignore[union-attr]
         logp = logp0 if logp0.dtype is dtype else logp0.to(dtype)
         if grad_logp is None and w0 is None and not ctx.probs and ctx.eps <= 0 and ctx.red != "none":
-            return CrossEntropyLoss._index_backward(ctx, grad_loss, logp, target), None, None, None, None, None, None
+            grad_x = CrossEntropyLoss._index_backward(ctx, grad_loss, logp, target)  # type: ignore[arg-type]
+            return grad_x, None, None, None, None, None, None
         w = None if w0 is None else w0.to(dtype)
         p = logp.exp()
         grad_x = grad_t = grad_w = None
