@@ -25,7 +25,7 @@ from torch._C._functorch import maybe_current_level as _functorch_level
 from torch.autograd import forward_ad
 from torch.autograd.function import _SingleLevelFunction
 
-__all__ = ["ManualFunction", "check_same_device_dtype", "forward_ad_enabled", "same_or_raise", "shape_str"]
+__all__ = ["ManualFunction", "check_same_device_dtype", "forward_ad_enabled", "shape_str"]
 
 
 def forward_ad_enabled() -> bool:
@@ -115,8 +115,3 @@ def check_same_device_dtype(fname: str, **tensors: Tensor | None) -> None:
                 f"{fname}(): expected {name0} and {name} to have the same dtype, but got "
                 f"{name0} of dtype {t0.dtype} and {name} of dtype {t.dtype}"
             )
-
-
-def same_or_raise(fname: str, what: str, expected: object, got: object) -> None:
-    if expected != got:
-        raise RuntimeError(f"{fname}(): expected {what} {expected}, but got {got}")

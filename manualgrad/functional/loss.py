@@ -326,43 +326,29 @@ class PointwiseLoss(ManualFunction):
 class MSELoss(PointwiseLoss):
     """:class:`PointwiseLoss` with ``kind='mse'`` (its own autograd node name)."""
 
-    tangent = PointwiseLoss.__dict__["tangent"]  # its own forward-AD twin (and node name)
-
 
 class L1Loss(PointwiseLoss):
     """:class:`PointwiseLoss` with ``kind='l1'``."""
-
-    tangent = PointwiseLoss.__dict__["tangent"]  # its own forward-AD twin (and node name)
 
 
 class HuberLoss(PointwiseLoss):
     """:class:`PointwiseLoss` with ``kind='huber'``."""
 
-    tangent = PointwiseLoss.__dict__["tangent"]  # its own forward-AD twin (and node name)
-
 
 class SmoothL1Loss(PointwiseLoss):
     """:class:`PointwiseLoss` with ``kind='smooth_l1'``."""
-
-    tangent = PointwiseLoss.__dict__["tangent"]  # its own forward-AD twin (and node name)
 
 
 class BCELoss(PointwiseLoss):
     """:class:`PointwiseLoss` with ``kind='bce'``."""
 
-    tangent = PointwiseLoss.__dict__["tangent"]  # its own forward-AD twin (and node name)
-
 
 class BCEWithLogitsLoss(PointwiseLoss):
     """:class:`PointwiseLoss` with ``kind='bce_logits'``."""
 
-    tangent = PointwiseLoss.__dict__["tangent"]  # its own forward-AD twin (and node name)
-
 
 class KLDivLoss(PointwiseLoss):
     """:class:`PointwiseLoss` with ``kind='kl'`` or ``'kl_log'``."""
-
-    tangent = PointwiseLoss.__dict__["tangent"]  # its own forward-AD twin (and node name)
 
 
 def _regression(

@@ -95,8 +95,6 @@ class Softmax(ManualFunction):
 class Softmin(Softmax):
     """``y = softmax(−x, dim)``: :class:`Softmax` with ``negate=True`` (its own node name)."""
 
-    tangent = Softmax.__dict__["tangent"]  # its own forward-AD twin
-
 
 class LogSoftmax(ManualFunction):
     """``y = log_softmax(x, dim)``; backward ``g − exp(y) Σ_dim g``. ``apply(x, dim, dtype)``."""
