@@ -36,6 +36,7 @@ import itertools
 import json
 import math
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -149,7 +150,10 @@ class Row:
 
 
 def build_native(
-    sizes: Sequence[int], act: str, device: torch.device, seed: int = 0
+    sizes: Sequence[int],
+    act: str,
+    device: torch.device,
+    seed: int = 0,
 ) -> nn.Sequential:
     """``nn.Sequential(Linear, act, Linear, act, ..., Linear)`` with seeded weights."""
     torch.manual_seed(seed)
@@ -304,9 +308,10 @@ class Budget:
     sample_ms: float = 10.0  # target length of one timed sample (sets ``inner``)
 
 
-def measure(
-    steps: dict[str, Step], device: str, budget: Budget
-) -> tuple[dict[str, list[float]], int]:
+Times = dict[str, list[float]]
+
+
+def measure(steps: dict[str, Step], device: str, budget: Budget) -> tuple[Times, int]:
     """Interleaved per-round times (ms per step) of every step function, and the ``inner`` used."""
     timer = _time_cuda if device == "cuda" else _time_cpu
     for _ in range(budget.warmup):
@@ -315,7 +320,7 @@ def measure(
     probe = max(timer(fn, 1) for fn in steps.values())
     inner = max(1, min(1000, math.ceil(budget.sample_ms / max(probe, 1e-3))))
     names = list(steps)
-    times: dict[str, list[float]] = {n: [] for n in names}
+    times: Times = {n: [] for n in names}
     gc.collect()
     gc.disable()
     try:
@@ -442,7 +447,7 @@ def machine_info(device: str, argv: Sequence[str]) -> dict[str, Any]:
     """Everything needed to tell two result files apart."""
     info: dict[str, Any] = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.argv[0]).name, *argv]),
+        "command": shlex.join(["python", "-m", "benchmarks.bench", *argv]),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "manualgrad": manualgrad.__version__,
@@ -462,7 +467,10 @@ def machine_info(device: str, argv: Sequence[str]) -> dict[str, Any]:
 
 
 def write_results(
-    rows: Sequence[Row], device: str, info: dict[str, Any], out_dir: Path
+    rows: Sequence[Row],
+    device: str,
+    info: dict[str, Any],
+    out_dir: Path,
 ) -> tuple[Path, Path]:
     """Write ``<date>-<device>.md`` and ``.json`` into ``out_dir``; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -471,10 +479,8 @@ def write_results(
     head = ", ".join(f"{k}: {info[k]}" for k in ("date", "torch", "cpu_model", "threads"))
     if "gpu" in info:
         head += f", gpu: {info['gpu']}"
-    md.write_text(
-        f"# manualgrad vs torch.nn, training step ({device})\n\n{head}\n\n"
-        f"`{info['command']}`\n\n{markdown_table(rows)}"
-    )
+    title = f"# manualgrad vs torch.nn, training step ({device})"
+    md.write_text(f"{title}\n\n{head}\n\n`{info['command']}`\n\n{markdown_table(rows)}")
     js.write_text(json.dumps({"meta": info, "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
     return md, js
 
@@ -493,14 +499,7 @@ def cells(
     only: Sequence[str] = (),
 ) -> list[Cell]:
     """The grid, filtered by the ``--only`` patterns (a cell is kept if any pattern matches)."""
-    grid = [
-        Cell(d, m, a, b, mode)
-        for d in devices
-        for m in models
-        for a in acts
-        for b in batches
-        for mode in modes
-    ]
+    grid = [Cell(*c) for c in itertools.product(devices, models, acts, batches, modes)]
     return [c for c in grid if not only or any(c.matches(p) for p in only)]
 
 
@@ -508,15 +507,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line."""
     p = argparse.ArgumentParser(prog="benchmarks.bench", description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=50, help="minimum rounds per cell (default 50)")
-    p.add_argument(
-        "--min-time", type=float, default=2.0, help="minimum seconds per cell (default 2)"
-    )
+    p.add_argument("--min-time", type=float, default=2.0, help="minimum seconds per cell")
     p.add_argument("--max-rounds", type=int, default=1000, help="cap on rounds per cell")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per side (default 5)")
     p.add_argument("--sample-ms", type=float, default=10.0, help="target ms per timed sample")
-    p.add_argument(
-        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
-    )
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N)")
     p.add_argument(
         "--only",
         action="append",

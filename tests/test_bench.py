@@ -20,9 +20,7 @@ from benchmarks import bench
 F32 = 4  # bytes per float32
 
 
-def test_quick_run_writes_table_and_json(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_quick_run_writes_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--quick", "--models", "20-16-5", "--acts", "relu", "--batches", "8"]
     argv += ["--devices", "cpu", "--out-dir", str(tmp_path)]
     assert bench.main(argv) == 0

@@ -65,9 +65,7 @@ def test_idx_roundtrip_through_torchvision(tmp_path: Path) -> None:
     images = rng.integers(0, 256, size=(3, 28, 28), dtype=np.uint8)
     labels = np.array([3, 1, 4], dtype=np.uint8)
     _write_idx(tmp_path, "train", images, labels)
-    assert torch.equal(
-        read_image_file(str(tmp_path / "train-images-idx3-ubyte")), torch.from_numpy(images)
-    )
+    assert torch.equal(read_image_file(str(tmp_path / "train-images-idx3-ubyte")), torch.from_numpy(images))
     assert read_label_file(str(tmp_path / "train-labels-idx1-ubyte")).tolist() == [3, 1, 4]
 
 
@@ -86,9 +84,7 @@ def test_unpickler_allows_arrays_only() -> None:
     with pytest.raises(pickle.UnpicklingError, match="only numpy array reconstruction"):
         _NumpyArrayUnpickler(io.BytesIO(pickle.dumps(Evil())), encoding="latin1").load()
     with pytest.raises(pickle.UnpicklingError):
-        _NumpyArrayUnpickler(
-            io.BytesIO(gzip.decompress(gzip.compress(pickle.dumps(Path("x")))))
-        ).load()
+        _NumpyArrayUnpickler(io.BytesIO(gzip.decompress(gzip.compress(pickle.dumps(Path("x")))))).load()
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "missing"])

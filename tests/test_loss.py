@@ -22,9 +22,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:reduction. 'mean' divides:UserWa
 Maker = Callable[[torch.dtype, torch.Generator], tuple[list[Any], dict[str, Any]]]
 
 
-def _r(
-    *shape: int, lo: float = -2.0, hi: float = 2.0
-) -> Callable[[torch.dtype, torch.Generator], torch.Tensor]:
+def _r(*shape: int, lo: float = -2.0, hi: float = 2.0) -> Callable[[torch.dtype, torch.Generator], torch.Tensor]:
     def make(dtype: torch.dtype, g: torch.Generator) -> torch.Tensor:
         return torch.rand(*shape, generator=g, dtype=dtype) * (hi - lo) + lo
 
@@ -55,14 +53,9 @@ def case(
 X34 = _r(3, 4)
 CASES = [
     # regression losses: input and target differentiable; weight too where torch has one
-    *(
-        case(f"mse-{r}", "mse_loss", [X34, X34], (0, 1), reduction=r)
-        for r in ("none", "mean", "sum")
-    ),
+    *(case(f"mse-{r}", "mse_loss", [X34, X34], (0, 1), reduction=r) for r in ("none", "mean", "sum")),
     case("mse-weight-mean", "mse_loss", [X34, X34], (0, 1), weight=_r(3, 4, lo=0.1)),
-    case(
-        "mse-weight-none", "mse_loss", [X34, X34], (0, 1), weight=_r(3, 4, lo=0.1), reduction="none"
-    ),
+    case("mse-weight-none", "mse_loss", [X34, X34], (0, 1), weight=_r(3, 4, lo=0.1), reduction="none"),
     case("mse-broadcast-target", "mse_loss", [X34, _r(4)], (0, 1)),
     case("mse-extra-dims", "mse_loss", [_r(2, 3, 2), _r(2, 3, 2)], (0, 1), reduction="sum"),
     case("mse-legacy-size-average-false", "mse_loss", [X34, X34], (0, 1), size_average=False),
@@ -70,10 +63,7 @@ CASES = [
     *(case(f"l1-{r}", "l1_loss", [X34, X34], (0, 1), reduction=r) for r in ("none", "mean", "sum")),
     case("l1-weight-mean", "l1_loss", [X34, X34], (0, 1), weight=_r(3, 4, lo=0.1)),
     case("l1-weight-sum", "l1_loss", [X34, X34], (0, 1), weight=_r(3, 4, lo=0.1), reduction="sum"),
-    *(
-        case(f"huber-{r}", "huber_loss", [X34, X34], (0, 1), reduction=r, delta=0.7)
-        for r in ("none", "mean", "sum")
-    ),
+    *(case(f"huber-{r}", "huber_loss", [X34, X34], (0, 1), reduction=r, delta=0.7) for r in ("none", "mean", "sum")),
     case("huber-weight-mean", "huber_loss", [X34, X34], (0, 1), weight=_r(3, 4, lo=0.1), delta=1.5),
     case(
         "huber-weight-none",
@@ -153,12 +143,8 @@ CASES = [
         reduction="batchmean",
         log_target=True,
     ),
-    case(
-        "kl-log-target-none", "kl_div", [_r(3, 4), X34], (0, 1), reduction="none", log_target=True
-    ),
-    case(
-        "kl-broadcast-target", "kl_div", [_r(3, 4), _r(4, lo=0.05, hi=1.0)], (0, 1), reduction="sum"
-    ),
+    case("kl-log-target-none", "kl_div", [_r(3, 4), X34], (0, 1), reduction="none", log_target=True),
+    case("kl-broadcast-target", "kl_div", [_r(3, 4), _r(4, lo=0.05, hi=1.0)], (0, 1), reduction="sum"),
     case(
         "kl-legacy-size-average-false",
         "kl_div",
@@ -167,10 +153,7 @@ CASES = [
         size_average=False,
     ),
     # cross entropy: class indices (input only) and class probabilities (input, target, weight)
-    *(
-        case(f"ce-index-{r}", "cross_entropy", [X34, _idx(0, 3, 1)], (0,), reduction=r)
-        for r in ("none", "mean", "sum")
-    ),
+    *(case(f"ce-index-{r}", "cross_entropy", [X34, _idx(0, 3, 1)], (0,), reduction=r) for r in ("none", "mean", "sum")),
     case("ce-index-weight-mean", "cross_entropy", [X34, _idx(0, 3, 1)], (0,), weight=_r(4, lo=0.1)),
     case(
         "ce-index-weight-ignore-mean",
@@ -187,9 +170,7 @@ CASES = [
         ignore_index=2,
         reduction="none",
     ),
-    case(
-        "ce-index-smoothing-mean", "cross_entropy", [X34, _idx(0, 3, 1)], (0,), label_smoothing=0.2
-    ),
+    case("ce-index-smoothing-mean", "cross_entropy", [X34, _idx(0, 3, 1)], (0,), label_smoothing=0.2),
     case(
         "ce-index-smoothing-weight-ignore-mean",
         "cross_entropy",
@@ -256,9 +237,7 @@ CASES = [
         case(f"ce-probs-{r}", "cross_entropy", [X34, _probs(3, 4)], (0, 1), reduction=r)
         for r in ("none", "mean", "sum")
     ),
-    case(
-        "ce-probs-smoothing-mean", "cross_entropy", [X34, _probs(3, 4)], (0, 1), label_smoothing=0.2
-    ),
+    case("ce-probs-smoothing-mean", "cross_entropy", [X34, _probs(3, 4)], (0, 1), label_smoothing=0.2),
     case(
         "ce-probs-weight-smoothing-none",
         "cross_entropy",
@@ -290,10 +269,7 @@ CASES = [
         size_average=False,
     ),
     # NLL
-    *(
-        case(f"nll-{r}", "nll_loss", [X34, _idx(0, 3, 1)], (0,), reduction=r)
-        for r in ("none", "mean", "sum")
-    ),
+    *(case(f"nll-{r}", "nll_loss", [X34, _idx(0, 3, 1)], (0,), reduction=r) for r in ("none", "mean", "sum")),
     case("nll-weight-ignore-mean", "nll_loss", [X34, _idx(0, -100, 1)], (0,), weight=_r(4, lo=0.1)),
     case(
         "nll-ignore-index-none",
@@ -339,9 +315,7 @@ def _split(name: str, args: list[Any], diff: tuple[int, ...], kw: dict[str, Any]
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize(("name", "args", "diff", "kwargs"), CASES)
-def test_gradcheck(
-    name: str, args: list[Any], diff: tuple[int, ...], kwargs: dict[str, Any]
-) -> None:
+def test_gradcheck(name: str, args: list[Any], diff: tuple[int, ...], kwargs: dict[str, Any]) -> None:
     built, kw = _build(args, kwargs, torch.float64)
     call, d = _split(name, built, diff, kw)
     d = [t.requires_grad_() for t in d]
@@ -350,24 +324,20 @@ def test_gradcheck(
     assert gradgradcheck(f, d, check_batched_grad=True)
 
 
-def _grads(
-    out: torch.Tensor, inputs: list[torch.Tensor], grad_out: torch.Tensor
-) -> tuple[Any, ...]:
+def _grads(out: torch.Tensor, inputs: list[torch.Tensor], grad_out: torch.Tensor) -> tuple[Any, ...]:
     return torch.autograd.grad(out, inputs, grad_out, allow_unused=True)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize(("name", "args", "diff", "kwargs"), CASES)
-def test_parity(
-    name: str, args: list[Any], diff: tuple[int, ...], kwargs: dict[str, Any], dtype: torch.dtype
-) -> None:
+def test_parity(name: str, args: list[Any], diff: tuple[int, ...], kwargs: dict[str, Any], dtype: torch.dtype) -> None:
     built, kw = _build(args, kwargs, dtype, seed=1)
     call, d = _split(name, built, diff, kw)
     ref_in = [t.clone().requires_grad_() for t in d]
     our_in = [t.clone().requires_grad_() for t in d]
     ref, ours = call(F, *ref_in), call(MF, *our_in)
-    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {}
+    tol: dict[str, Any] = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {}
     torch.testing.assert_close(ours, ref, **tol)
     # an expanded (stride-0) grad_output for unreduced losses, a scalar otherwise
     go = torch.rand((), dtype=dtype).expand(ref.shape) + 0.5
@@ -380,9 +350,7 @@ def test_parity(
 # ---------------------------------------------------------------------------------------------
 
 
-def _both(
-    fn_name: str, make: Callable[[], tuple[list[torch.Tensor], list[Any]]], **kw: Any
-) -> None:
+def _both(fn_name: str, make: Callable[[], tuple[list[torch.Tensor], list[Any]]], **kw: Any) -> None:
     """Forward and backward parity on the tensors ``make`` returns (diff, fixed), nan-aware."""
     results = []
     diff0, fixed = make()
@@ -431,9 +399,7 @@ EDGE = [
         {},
         id="ce-probs-empty-batch-mean",
     ),
-    pytest.param(
-        "mse_loss", lambda: ([torch.randn(0, 4), torch.randn(0, 4)], []), {}, id="mse-empty-mean"
-    ),
+    pytest.param("mse_loss", lambda: ([torch.randn(0, 4), torch.randn(0, 4)], []), {}, id="mse-empty-mean"),
     pytest.param(
         "cross_entropy",
         lambda: ([torch.tensor([[1e4, -1e4, 0.0], [-1e4, 1e4, 1e4]])], [torch.tensor([1, 2])]),
@@ -485,9 +451,7 @@ EDGE = [
         {"delta": 1.0},
         id="huber-at-delta",
     ),
-    pytest.param(
-        "l1_loss", lambda: ([torch.tensor([0.0, 1.0])], [torch.zeros(2)]), {}, id="l1-at-zero"
-    ),
+    pytest.param("l1_loss", lambda: ([torch.tensor([0.0, 1.0])], [torch.zeros(2)]), {}, id="l1-at-zero"),
 ]
 
 
@@ -500,9 +464,7 @@ def test_batched_grad_output_vmap() -> None:
     """vmap over the losses themselves (generate_vmap_rule) gives torch's per-sample values."""
     x, t = torch.randn(5, 3, 4), torch.randint(0, 4, (5, 3))
     ours = torch.func.vmap(lambda a, b: MF.cross_entropy(a, b, label_smoothing=0.1))(x, t)
-    ref = torch.stack(
-        [F.cross_entropy(a, b, label_smoothing=0.1) for a, b in zip(x, t, strict=True)]
-    )
+    ref = torch.stack([F.cross_entropy(a, b, label_smoothing=0.1) for a, b in zip(x, t, strict=True)])
     torch.testing.assert_close(ours, ref)
     y = torch.randn(5, 3, 4)
     ours = torch.func.vmap(torch.func.grad(lambda a, b: MF.mse_loss(a, b)))(x, y)
@@ -519,9 +481,7 @@ TI = torch.tensor([0, 1, 3])
 ERRORS = [
     pytest.param("mse_loss", (X, torch.rand(3, 5)), {}, id="mse-shape-mismatch"),
     pytest.param("mse_loss", (X, T), {"reduction": "foo"}, id="mse-bad-reduction"),
-    pytest.param(
-        "mse_loss", (X, T), {"reduction": "foo", "weight": T}, id="mse-weight-bad-reduction"
-    ),
+    pytest.param("mse_loss", (X, T), {"reduction": "foo", "weight": T}, id="mse-weight-bad-reduction"),
     pytest.param("l1_loss", (X, T), {"weight": torch.rand(4)}, id="l1-weight-shape"),
     pytest.param("huber_loss", (X, T), {"delta": 0.0}, id="huber-delta-0"),
     pytest.param("smooth_l1_loss", (X, T), {"beta": -1.0}, id="smooth-l1-negative-beta"),
@@ -568,9 +528,7 @@ ERRORS = [
     pytest.param("cross_entropy", (X, TI), {"weight": torch.rand(3)}, id="ce-weight-size"),
     pytest.param("cross_entropy", (X, T), {"weight": torch.rand(3)}, id="ce-probs-weight-size"),
     pytest.param("cross_entropy", (X, TI), {"label_smoothing": 1.5}, id="ce-smoothing-above-1"),
-    pytest.param(
-        "cross_entropy", (X, T), {"label_smoothing": 2.0}, id="ce-probs-smoothing-above-1"
-    ),
+    pytest.param("cross_entropy", (X, T), {"label_smoothing": 2.0}, id="ce-probs-smoothing-above-1"),
     pytest.param("cross_entropy", (X, T), {"ignore_index": 1}, id="ce-probs-ignore-index"),
     pytest.param(
         "cross_entropy",
@@ -580,9 +538,7 @@ ERRORS = [
     ),
     pytest.param("cross_entropy", (torch.tensor(1.0), torch.tensor(0)), {}, id="ce-0d-input"),
     pytest.param("nll_loss", (X, torch.tensor([0, 1, 4])), {}, id="nll-target-out-of-range"),
-    pytest.param(
-        "nll_loss", (torch.randn(3), torch.zeros(2, dtype=torch.long)), {}, id="nll-1d-target-size"
-    ),
+    pytest.param("nll_loss", (torch.randn(3), torch.zeros(2, dtype=torch.long)), {}, id="nll-1d-target-size"),
     pytest.param("nll_loss", (X, TI), {"weight": torch.rand(3)}, id="nll-weight-size"),
 ]
 
@@ -620,24 +576,16 @@ AUTOCAST = [
     pytest.param("huber_loss", {"weight": "w"}, id="huber-weight"),
     pytest.param("smooth_l1_loss", {}, id="smooth-l1"),
     pytest.param("binary_cross_entropy", {"weight": "w"}, id="bce-weight"),
-    pytest.param(
-        "binary_cross_entropy_with_logits", {"pos_weight": "pw"}, id="bce-logits-pos-weight"
-    ),
+    pytest.param("binary_cross_entropy_with_logits", {"pos_weight": "pw"}, id="bce-logits-pos-weight"),
     pytest.param("kl_div", {"reduction": "batchmean"}, id="kl-batchmean"),
     pytest.param("cross_entropy", {"target": "index", "weight": "pw"}, id="ce-index-weight"),
-    pytest.param(
-        "cross_entropy", {"target": "index", "label_smoothing": 0.1}, id="ce-index-smoothing"
-    ),
-    pytest.param(
-        "cross_entropy", {"weight": "pw", "label_smoothing": 0.1}, id="ce-probs-weight-smoothing"
-    ),
+    pytest.param("cross_entropy", {"target": "index", "label_smoothing": 0.1}, id="ce-index-smoothing"),
+    pytest.param("cross_entropy", {"weight": "pw", "label_smoothing": 0.1}, id="ce-probs-weight-smoothing"),
     pytest.param("nll_loss", {"target": "index"}, id="nll"),
 ]
 
 
-@pytest.mark.parametrize(
-    "dtypes", [("bf16", "bf16"), ("f32", "bf16"), ("bf16", "f32")], ids=lambda d: "-".join(d)
-)
+@pytest.mark.parametrize("dtypes", [("bf16", "bf16"), ("f32", "bf16"), ("bf16", "f32")], ids=lambda d: "-".join(d))
 @pytest.mark.parametrize(("name", "kw"), AUTOCAST)
 def test_autocast_bf16_dtypes(name: str, kw: dict[str, Any], dtypes: tuple[str, str]) -> None:
     dt = {"bf16": torch.bfloat16, "f32": torch.float32}
@@ -687,9 +635,7 @@ def test_graph_has_only_manualgrad_nodes(
     call, d = _split(name, built, diff, kw)
     names = _graph_nodes(call(MF, *[t.requires_grad_() for t in d]))
     assert names and _is_manualgrad_node(names[0])
-    assert all(_is_manualgrad_node(n) or n == "torch::autograd::AccumulateGrad" for n in names), (
-        names
-    )
+    assert all(_is_manualgrad_node(n) or n == "torch::autograd::AccumulateGrad" for n in names), names
 
 
 # ---------------------------------------------------------------------------------------------
@@ -712,17 +658,13 @@ MODULES = [
     pytest.param("NLLLoss", {"weight": torch.rand(4), "reduction": "sum"}, id="NLLLoss-weight"),
     pytest.param("BCELoss", {"weight": torch.rand(4)}, id="BCELoss-weight"),
     pytest.param("BCELoss", {}, id="BCELoss"),
-    pytest.param(
-        "BCEWithLogitsLoss", {"pos_weight": torch.rand(4)}, id="BCEWithLogitsLoss-pos-weight"
-    ),
+    pytest.param("BCEWithLogitsLoss", {"pos_weight": torch.rand(4)}, id="BCEWithLogitsLoss-pos-weight"),
     pytest.param(
         "BCEWithLogitsLoss",
         {"weight": torch.rand(3, 4), "pos_weight": torch.rand(4)},
         id="BCEWithLogitsLoss-both",
     ),
-    pytest.param(
-        "KLDivLoss", {"reduction": "batchmean", "log_target": True}, id="KLDivLoss-log-target"
-    ),
+    pytest.param("KLDivLoss", {"reduction": "batchmean", "log_target": True}, id="KLDivLoss-log-target"),
 ]
 
 
@@ -796,3 +738,32 @@ def test_no_warnings_in_normal_use() -> None:
         x = torch.randn(3, 4, requires_grad=True)
         MF.cross_entropy(x, torch.tensor([0, 1, 2])).backward()
         MF.mse_loss(x, torch.randn(3, 4), reduction="sum").backward()
+
+
+@pytest.mark.slow
+def test_dynamo_traces_losses_without_graph_break() -> None:
+    """Every loss and softmax Function is traced by Dynamo (ManualFunction.call outside forward AD)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    t, p, w = torch.tensor([0, 1, 3]), torch.rand(3, 4), torch.rand(3, 4)
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return (
+            MF.cross_entropy(x, t, label_smoothing=0.1)
+            + MF.cross_entropy(x, p.softmax(1))
+            + MF.nll_loss(MF.log_softmax(x, 1), t)
+            + MF.mse_loss(x, p)
+            + MF.l1_loss(x, p, weight=w)
+            + MF.huber_loss(x, p)
+            + MF.smooth_l1_loss(x, p)
+            + MF.binary_cross_entropy(x.sigmoid(), p)
+            + MF.binary_cross_entropy_with_logits(x, p, pos_weight=torch.ones(4))
+            + MF.kl_div(x, p, reduction="batchmean")
+            + MF.softmax(x, 1).sum()
+            + MF.softmin(x, 0).sum()
+            + MF.glu(x, 1).sum()
+        )
+
+    explanation = torch._dynamo.explain(f)(torch.randn(3, 4, requires_grad=True))
+    assert explanation.graph_break_count == 0, explanation.break_reasons

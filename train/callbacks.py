@@ -51,8 +51,8 @@ class LearningCurve(pl.Callback):
             print(msg, flush=True)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        log_dir = trainer.log_dir or trainer.default_root_dir  # a collective: call on every rank
         if trainer.is_global_zero and self.history:
-            log_dir = trainer.log_dir or trainer.default_root_dir
             self.path = plot_learning_curve(self.history, Path(log_dir) / self.filename)
             self._print(trainer, f"Learning curve: {self.path}")
 
@@ -69,6 +69,7 @@ def plot_learning_curve(history: list[dict[str, float]], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [int(r["epoch"]) + 1 for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
@@ -84,6 +85,7 @@ def plot_learning_curve(history: list[dict[str, float]], path: Path) -> Path:
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         ax.legend()
     fig.tight_layout()

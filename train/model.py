@@ -66,14 +66,10 @@ def build_network(
     if backend == "manualgrad":
         import manualgrad.nn as mnn
 
-        net = mnn.MLP(
-            IN_FEATURES, list(hidden_sizes), NUM_CLASSES, activation=activation, dropout=dropout
-        )
+        net = mnn.MLP(IN_FEATURES, list(hidden_sizes), NUM_CLASSES, activation=activation, dropout=dropout)
         return net, mnn.CrossEntropyLoss()
     if backend == "native":
-        return native_mlp(
-            IN_FEATURES, hidden_sizes, NUM_CLASSES, activation, dropout
-        ), nn.CrossEntropyLoss()
+        return native_mlp(IN_FEATURES, hidden_sizes, NUM_CLASSES, activation, dropout), nn.CrossEntropyLoss()
     raise ValueError(f"Unknown backend {backend!r}: expected 'manualgrad' or 'native'.")
 
 
@@ -131,15 +127,11 @@ class MNISTClassifier(pl.LightningModule):
         acc: MulticlassAccuracy = getattr(self, f"{stage}_acc")
         acc(logits, y)
         on_step = stage == "train"
-        self.log(
-            f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=True
-        )
+        self.log(f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log(f"{stage}_acc", acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
-    def training_step(
-        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
-    ) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "train")
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -148,9 +140,7 @@ class MNISTClassifier(pl.LightningModule):
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "test")
 
-    def predict_step(
-        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
-    ) -> torch.Tensor:
+    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self(batch[0]).argmax(dim=-1)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -171,9 +161,7 @@ class MNISTClassifier(pl.LightningModule):
         if hp["optimizer"] == "adamw":
             opt = torch.optim.AdamW(groups, lr=hp["lr"])
         elif hp["optimizer"] == "sgd":
-            opt = torch.optim.SGD(
-                groups, lr=hp["lr"], momentum=hp["momentum"], nesterov=hp["nesterov"]
-            )
+            opt = torch.optim.SGD(groups, lr=hp["lr"], momentum=hp["momentum"], nesterov=hp["nesterov"])
         else:
             raise ValueError(f"Unknown optimizer {hp['optimizer']!r}: expected 'adamw' or 'sgd'.")
         if hp["scheduler"] == "none":
@@ -191,7 +179,5 @@ class MNISTClassifier(pl.LightningModule):
         elif hp["scheduler"] == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
         else:
-            raise ValueError(
-                f"Unknown scheduler {hp['scheduler']!r}: expected 'onecycle', 'cosine' or 'none'."
-            )
+            raise ValueError(f"Unknown scheduler {hp['scheduler']!r}: expected 'onecycle', 'cosine' or 'none'.")
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
