@@ -705,13 +705,19 @@ class CrossEntropyLoss(ManualFunction):
         if not ctx.needs_input_grad[0]:
             return None
         cd = 0 if logp.dim() == 1 else 1
-        mask = target != ctx.ignore_index
-        # G = dC/dloss / (number of counted targets) for 'mean', on the counted samples only
-        coef = (mask * (grad_loss / mask.sum().clamp_min(1) if ctx.red == "mean" else grad_loss)).unsqueeze(cd)
+        p = logp.exp()
+        if logp.device.type == "cpu" and not torch.compiler.is_compiling() and not (target == ctx.ignore_index).any():
+            # every target counted (the usual batch; a cheap check on CPU): G = dC/dloss / N for 'mean'
+            coef = grad_loss * (1.0 / max(target.numel(), 1)) if ctx.red == "mean" else grad_loss
+            index, sub = target.unsqueeze(cd), coef.neg().expand(target.shape).unsqueeze(cd)
+        else:
+            mask = target != ctx.ignore_index
+            # G = dC/dloss / (number of counted targets) for 'mean', on the counted samples only
+            coef = (mask * (grad_loss / mask.sum().clamp_min(1) if ctx.red == "mean" else grad_loss)).unsqueeze(cd)
+            # an ignored target has G = 0; clamping keeps its index valid
+            index, sub = target.clamp(0, logp.shape[cd] - 1).unsqueeze(cd), coef.neg()
         # grad_input = G ⊙ (softmax(x) − onehot(t)): scale p, then subtract G at each target class
-        # (an ignored target has G = 0; clamping keeps its index valid)
-        index = target.clamp(0, logp.shape[cd] - 1).long().unsqueeze(cd)
-        return (logp.exp() * coef).scatter_add_(cd, index, coef.neg())
+        return (p * coef).scatter_add_(cd, index.long(), sub)
 
     @staticmethod
     def tangent(ctx: Any, x_t: Tensor | None, t_t: Tensor | None, w_t: Tensor | None, *_: Any) -> tuple[Tensor, Tensor]:
