@@ -148,7 +148,7 @@ class _Fusion:
 
     def compiled(self, act: Activation) -> Callable[..., Tensor] | None:
         if act.name not in self._cache:
-            self._cache[act.name] = torch.compile(act.grad, dynamic=True, fullgraph=True)
+            self._cache[act.name] = torch.compile(act.grad, dynamic=False, fullgraph=True)  # static: faster loops
         fn = self._cache[act.name]
         if fn is None:
             return None

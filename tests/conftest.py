@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -18,3 +20,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """Verified MNIST raw files in the shared data root (``$MANUALGRAD_DATA`` or ``<repo>/data``), fetched once."""
+    from train.data import default_data_root, prepare_mnist
+
+    return prepare_mnist(default_data_root())

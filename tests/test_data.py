@@ -21,7 +21,6 @@ from train.data import (
     MNISTDataModule,
     _NumpyArrayUnpickler,
     _write_idx,
-    default_data_root,
     load_mnist,
     prepare_mnist,
     random_shift,
@@ -29,12 +28,6 @@ from train.data import (
     sha256_file,
     verify_mnist,
 )
-
-
-@pytest.fixture(scope="session")
-def data_root() -> Path:
-    """Verified MNIST raw files in the shared data root, fetched once (``$MANUALGRAD_DATA``)."""
-    return prepare_mnist(default_data_root())
 
 
 def _copy_raw(data_root: Path, tmp_path: Path) -> Path:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from train.callbacks import LearningCurve
-from train.data import MNISTDataModule, default_data_root, prepare_mnist
+from train.data import MNISTDataModule
 from train.mnist import checkpoint_callback, cli_main
 from train.model import MNISTClassifier, native_mlp
 
@@ -22,28 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 
-@pytest.fixture(scope="session")
-def data_root() -> Path:
-    """Verified MNIST raw files in the shared data root, fetched once (``$MANUALGRAD_DATA``)."""
-    return prepare_mnist(default_data_root())
-
-
-def _manualgrad_ready() -> bool:
-    try:
-        import manualgrad.nn as mnn
-
-        return hasattr(mnn, "MLP") and hasattr(mnn, "CrossEntropyLoss")
-    except ImportError:
-        return False
-
-
-BACKENDS = [
-    pytest.param(
-        "manualgrad",
-        marks=pytest.mark.skipif(not _manualgrad_ready(), reason="manualgrad.nn not built"),
-    ),
-    "native",
-]
+BACKENDS = ["manualgrad", "native"]
 
 
 def _trainer(root: Path, **kwargs: Any) -> pl.Trainer:
@@ -63,16 +42,12 @@ def _trainer(root: Path, **kwargs: Any) -> pl.Trainer:
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_config_parses_and_instantiates(config: Path, data_root: Path) -> None:
-    if "backend: manualgrad" in config.read_text() and not _manualgrad_ready():
-        pytest.skip("manualgrad.nn not built")
     cli = cli_main(["--config", str(config)], run=False)
     assert isinstance(cli.model, MNISTClassifier) and isinstance(cli.datamodule, MNISTDataModule)
     assert cli.trainer.max_epochs is not None and cli.trainer.max_epochs >= 1
 
 
 def test_native_twin_matches_manualgrad_layout() -> None:
-    if not _manualgrad_ready():
-        pytest.skip("manualgrad.nn not built")
     import manualgrad.nn as mnn
 
     theirs = mnn.MLP(784, [32, 16], 10, activation="gelu", dropout=0.1).state_dict()
@@ -139,7 +114,7 @@ def _final_val_acc(log_dir: Path) -> float:
 @pytest.mark.slow
 def test_ddp_cpu_two_processes(data_root: Path, tmp_path: Path) -> None:
     """configs/ddp_cpu.yaml (2 gloo processes, 64 per rank) vs. one process (batch 128)."""
-    backend = "manualgrad" if _manualgrad_ready() else "native"
+    backend = "manualgrad"
     common = [
         "--trainer.max_epochs=1",
         "--model.hidden_sizes=[256]",

@@ -14,6 +14,7 @@ Backend = Literal["manualgrad", "native"]
 Optimizer = Literal["adamw", "sgd"]
 Scheduler = Literal["onecycle", "cosine", "none"]
 Stage = Literal["train", "val", "test"]
+SavedDtype = Literal["float32", "bfloat16"]
 
 NUM_CLASSES = 10
 IN_FEATURES = 28 * 28
@@ -60,14 +61,23 @@ def native_mlp(
 
 
 def build_network(
-    backend: Backend, hidden_sizes: Sequence[int], activation: str, dropout: float
+    backend: Backend,
+    hidden_sizes: Sequence[int],
+    activation: str,
+    dropout: float,
+    save_activations: SavedDtype = "float32",
 ) -> tuple[nn.Module, nn.Module]:
     """Return ``(mlp, cross_entropy)`` from the chosen backend."""
     if backend == "manualgrad":
         import manualgrad.nn as mnn
 
-        net = mnn.MLP(IN_FEATURES, list(hidden_sizes), NUM_CLASSES, activation=activation, dropout=dropout)
+        save_dtype = None if save_activations == "float32" else getattr(torch, save_activations)
+        net = mnn.MLP(
+            IN_FEATURES, list(hidden_sizes), NUM_CLASSES, activation=activation, dropout=dropout, save_dtype=save_dtype
+        )
         return net, mnn.CrossEntropyLoss()
+    if save_activations != "float32":
+        raise ValueError(f"save_activations={save_activations!r} needs backend='manualgrad', got {backend!r}.")
     if backend == "native":
         return native_mlp(IN_FEATURES, hidden_sizes, NUM_CLASSES, activation, dropout), nn.CrossEntropyLoss()
     raise ValueError(f"Unknown backend {backend!r}: expected 'manualgrad' or 'native'.")
@@ -89,6 +99,8 @@ class MNISTClassifier(pl.LightningModule):
         nesterov: use Nesterov momentum with SGD.
         scheduler: ``"onecycle"`` (warm-up, cosine anneal), ``"cosine"`` or ``"none"``; per step.
         warmup_pct: fraction of the steps spent warming up with ``onecycle``.
+        save_activations: ``"bfloat16"`` saves the hidden activations for backward in bfloat16
+            (manualgrad's opt-in memory-saving mode; ``"float32"`` saves them as computed).
         seed: base seed for dropout. The global RNG is reseeded from ``(seed, epoch, batch, rank)``
             before every training batch, so resuming from an epoch-end checkpoint continues
             exactly like the uninterrupted run.
@@ -107,11 +119,12 @@ class MNISTClassifier(pl.LightningModule):
         nesterov: bool = True,
         scheduler: Scheduler = "onecycle",
         warmup_pct: float = 0.2,
+        save_activations: SavedDtype = "float32",
         seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.net, self.loss_fn = build_network(backend, hidden_sizes, activation, dropout)
+        self.net, self.loss_fn = build_network(backend, hidden_sizes, activation, dropout, save_activations)
         self.train_acc = MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro")
