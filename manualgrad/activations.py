@@ -360,14 +360,6 @@ def _check_softshrink(lambd: float) -> tuple[float]:
     return (lambd,)
 
 
-def _inplace_repr(params: dict[str, Any], inplace: bool) -> str:
-    body = ", ".join(f"{k}={v!r}" for k, v in params.items())
-    if inplace:
-        body = f"{body}, inplace=True" if body else "inplace=True"
-    return body
-
-
-_INPLACE = True
 _ALPHA = Param("alpha", 1.0, r"the :math:`\alpha` value. Default: 1.0")
 _LAMBD = Param("lambd", 0.5, r"the :math:`\lambda` value. Default: 0.5")
 
@@ -383,7 +375,7 @@ def _entries() -> list[Activation]:
             grad=_relu_grad,
             grad_=_relu_grad_,
             saves="output",
-            inplace=_INPLACE,
+            inplace=True,
             kinks=(0.0,),
         ),
         Activation(
@@ -394,7 +386,7 @@ def _entries() -> list[Activation]:
             forward_=lambda z: F.hardtanh_(z, 0.0, 6.0),
             grad=lambda g, a: _bounded_grad(g, a, 0.0, 6.0),
             saves="output",
-            inplace=_INPLACE,
+            inplace=True,
             kinks=(0.0, 6.0),
             sample=(-3.0, 9.0),
         ),
@@ -405,7 +397,7 @@ def _entries() -> list[Activation]:
             forward=F.leaky_relu,
             grad=_leaky_relu_grad,
             saves="input",
-            inplace=_INPLACE,
+            inplace=True,
             params=(Param("negative_slope", 0.01, "controls the angle of the negative slope. Default: 1e-2"),),
             variants=((0.2,), (-0.3,)),
             kinks=(0.0,),
@@ -417,7 +409,7 @@ def _entries() -> list[Activation]:
             forward=F.elu,
             grad=_elu_grad,
             saves="input",
-            inplace=_INPLACE,
+            inplace=True,
             params=(_ALPHA,),
             kinks=(0.0,),
             variants=((0.5,),),
@@ -429,7 +421,7 @@ def _entries() -> list[Activation]:
             forward=F.selu,
             grad=_selu_grad,
             saves="input",
-            inplace=_INPLACE,
+            inplace=True,
             kinks=(0.0,),
         ),
         Activation(
@@ -439,7 +431,7 @@ def _entries() -> list[Activation]:
             forward=F.celu,
             grad=_celu_grad,
             saves="input",
-            inplace=_INPLACE,
+            inplace=True,
             params=(_ALPHA,),
             check=_check_celu,
             kinks=(0.0,),
@@ -471,7 +463,7 @@ def _entries() -> list[Activation]:
             forward=F.silu,
             grad=_silu_grad,
             saves="input",
-            inplace=_INPLACE,
+            inplace=True,
         ),
         Activation(
             "mish",
@@ -480,7 +472,7 @@ def _entries() -> list[Activation]:
             forward=F.mish,
             grad=_mish_grad,
             saves="input",
-            inplace=_INPLACE,
+            inplace=True,
         ),
         Activation(
             "sigmoid",
@@ -519,7 +511,7 @@ def _entries() -> list[Activation]:
             forward_=F.hardtanh_,
             grad=_bounded_grad,
             saves="output",
-            inplace=_INPLACE,
+            inplace=True,
             params=(
                 Param("min_val", -1.0, "minimum value of the linear region range. Default: -1"),
                 Param("max_val", 1.0, "maximum value of the linear region range. Default: 1"),
@@ -540,7 +532,7 @@ def _entries() -> list[Activation]:
             forward_=lambda z: F.hardsigmoid(z, inplace=True),
             grad=_hardsigmoid_grad,
             saves="output",
-            inplace=_INPLACE,
+            inplace=True,
             kinks=(-3.0, 3.0),
             sample=(-5.0, 5.0),
             repr_=lambda: "",
@@ -552,7 +544,7 @@ def _entries() -> list[Activation]:
             forward=F.hardswish,
             grad=_hardswish_grad,
             saves="input",
-            inplace=_INPLACE,
+            inplace=True,
             kinks=(-3.0, 3.0),
             sample=(-5.0, 5.0),
             repr_=lambda: "",
@@ -594,7 +586,7 @@ def _entries() -> list[Activation]:
             forward=F.threshold,
             grad=_threshold_grad,
             saves="input",
-            inplace=_INPLACE,
+            inplace=True,
             params=(
                 Param("threshold", None, "The value to threshold at", required=True),
                 Param("value", None, "The value to replace with", required=True),
