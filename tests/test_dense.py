@@ -250,3 +250,26 @@ def test_fused_derivative_kernel_matches_eager_formula(activation: str, monkeypa
     for a, b in zip(fused, eager, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert FUSION._cache[activation] is not None  # compiled, not fallen back
+
+
+# --- torch.func transforms --------------------------------------------------------------------
+
+
+def test_torch_func_vmap_jacrev_jvp_hessian() -> None:
+    """The Functions compose with torch.func (generate_vmap_rule and the forward-AD twin)."""
+    from torch.func import hessian, jacfwd, jacrev, jvp, vmap
+
+    torch.manual_seed(0)
+    mine = mnn.MLP(3, [5], 2, activation="tanh").double()
+    ref = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2)).double()
+    ref.load_state_dict(mine.state_dict())
+    xs = torch.randn(4, 3, dtype=f64)
+    torch.testing.assert_close(vmap(mine)(xs), ref(xs))
+    for transform in (jacrev, jacfwd):
+        torch.testing.assert_close(vmap(transform(mine))(xs), vmap(transform(ref))(xs))
+    t = torch.randn_like(xs)
+    for a, b in zip(jvp(mine, (xs,), (t,)), jvp(ref, (xs,), (t,)), strict=True):
+        torch.testing.assert_close(a, b)
+    scalar = lambda m: lambda x: m(x).sum()  # noqa: E731
+    torch.testing.assert_close(hessian(scalar(mine))(xs[0]), hessian(scalar(ref))(xs[0]))
+    torch.testing.assert_close(vmap(MF.gelu)(xs), torch.nn.functional.gelu(xs))
