@@ -147,26 +147,24 @@ class _Fusion:
         )
 
     def compiled(self, act: Activation) -> Callable[..., Tensor] | None:
+        """The fused kernel of ``act.grad`` (built once; static shapes give the faster loops), or ``None``
+        once compiling has failed."""
         if act.name not in self._cache:
-            self._cache[act.name] = torch.compile(act.grad, dynamic=False, fullgraph=True)  # static: faster loops
-        fn = self._cache[act.name]
-        if fn is None:
-            return None
-        return _guarded(self, act.name, fn)
+            self._cache[act.name] = self._guarded(act, torch.compile(act.grad, dynamic=False, fullgraph=True))
+        return self._cache[act.name]
 
+    def _guarded(self, act: Activation, fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        def call(*args: Any) -> Tensor:
+            try:
+                return fn(*args)
+            except Exception as err:  # any compiler failure: fall back to the eager formulas
+                warnings.warn(
+                    f"manualgrad: fused derivative for {act.name} unavailable ({err!r}); using eager ops", stacklevel=3
+                )
+                self._cache[act.name] = None
+                return act.grad(*args)
 
-def _guarded(fusion: _Fusion, name: str, fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    def call(*args: Any) -> Tensor:
-        try:
-            return fn(*args)
-        except Exception as err:  # any compiler failure: fall back to the eager formulas
-            warnings.warn(
-                f"manualgrad: fused derivative for {name} unavailable ({err!r}); using eager ops", stacklevel=3
-            )
-            fusion._cache[name] = None
-            return ACTIVATIONS[name].grad(*args)
-
-    return call
+        return call
 
 
 FUSION = _Fusion()

@@ -25,7 +25,7 @@ from torch._C._functorch import maybe_current_level as _functorch_level
 from torch.autograd import forward_ad
 from torch.autograd.function import _SingleLevelFunction
 
-__all__ = ["ManualFunction", "check_same_device_dtype", "forward_ad_enabled", "shape_str"]
+__all__ = ["ManualFunction", "check_same_device_dtype", "forward_ad_enabled", "in_dtype", "shape_str"]
 
 
 def forward_ad_enabled() -> bool:
@@ -85,11 +85,16 @@ class ManualFunction(torch.autograd.Function):
     @classmethod
     def call(cls, *args: Any) -> Any:
         """``apply`` through the class that fits the current transforms (see the class docstring)."""
-        if forward_ad._current_level >= 0:
+        if forward_ad_enabled():
             return cls.forward_ad_twin.apply(*args)
         if torch.compiler.is_compiling() or _functorch_level() is not None:
             return cls.apply(*args)
         return cls.eager_twin.apply(*args)
+
+
+def in_dtype(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` in the backward's compute dtype (under autocast the forward ran in a lower one)."""
+    return t if t.dtype is dtype else t.to(dtype)
 
 
 def shape_str(t: Tensor | Sequence[int]) -> str:

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from manualgrad.activations import Activation
 
-from ._common import ManualFunction, check_same_device_dtype, forward_ad_enabled, shape_str
+from ._common import ManualFunction, check_same_device_dtype, forward_ad_enabled, in_dtype, shape_str
 
 __all__ = ["DenseStack", "bilinear", "dense_stack", "linear"]
 
@@ -51,11 +51,6 @@ def rows(t: Tensor) -> Tensor:
         return t
     n = t.shape[-1]
     return t.reshape(-1 if n and t.numel() else math.prod(t.shape[:-1]), n)
-
-
-def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
-    """``t`` in the backward's compute dtype (under autocast the forward ran in a lower one)."""
-    return t if t.dtype is dtype else t.to(dtype)
 
 
 def linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -193,7 +188,7 @@ class DenseStack(ManualFunction):
                 g, owned = (g_a, False) if g is None else (g + g_a, True)
             if act is not None and g is not None:
                 s = hidden[z_slot] if z_slot is not None else hidden[a_slot] if a_slot is not None else out
-                s = _as(rows(s), g.dtype)
+                s = in_dtype(rows(s), g.dtype)
                 # δ = dC/da ⊙ σ'(z)
                 g = act.backward(g, s, *p, overwrite=owned and may_overwrite)
                 owned = True
@@ -202,13 +197,13 @@ class DenseStack(ManualFunction):
                 g, owned = (g_z, False) if g is None else (g + g_z, True)
             if g is None:
                 continue
-            h = _as(rows(x if i == 0 else hidden[slots[i - 1][1]]), g.dtype)
+            h = in_dtype(rows(x if i == 0 else hidden[slots[i - 1][1]]), g.dtype)
             if needs[3 + 2 * i]:
                 grads[3 + 2 * i] = grad_weight(g, h)
             if needs[4 + 2 * i]:
                 grads[4 + 2 * i] = grad_bias(g)
             if i > 0 or needs[0]:
-                g, owned = grad_input(g, _as(weights[i], g.dtype)), True
+                g, owned = grad_input(g, in_dtype(weights[i], g.dtype)), True
         if needs[0] and g is not None:
             grads[0] = g.reshape(x.shape)
         return tuple(grads)

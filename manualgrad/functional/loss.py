@@ -43,7 +43,7 @@ from torch import Tensor
 from torch.nn import _reduction as _Reduction
 from torch.nn import functional as F
 
-from ._common import ManualFunction, forward_ad_enabled
+from ._common import ManualFunction, forward_ad_enabled, in_dtype
 
 __all__ = [
     "BCELoss",
@@ -669,7 +669,7 @@ class CrossEntropyLoss(ManualFunction):
         if grad_loss is None and grad_logp is None:
             return None, None, None, None, None, None, None
         dtype = (grad_loss if grad_loss is not None else grad_logp).dtype  # type: ignore[union-attr]
-        logp = logp0 if logp0.dtype is dtype else logp0.to(dtype)
+        logp = in_dtype(logp0, dtype)
         if grad_logp is None and w0 is None and not ctx.probs and ctx.eps <= 0 and ctx.red != "none":
             grad_x = CrossEntropyLoss._index_backward(ctx, grad_loss, logp, target)  # type: ignore[arg-type]
             return grad_x, None, None, None, None, None, None
