@@ -5,10 +5,13 @@ deep-copies it and ``manualgrad.convert``-s the copy, so both sides start from t
 weights. One training step is ``zero_grad(set_to_none=True)``, forward, cross-entropy, backward
 and an SGD step (lr 0.01, momentum 0.9), on a fixed preloaded batch.
 
-The sides run interleaved in one process: round ``r`` times native, manualgrad and the GEMM bound in
-that order when ``r`` is even and in reverse when it is odd (ABBA), so slow drifts of the machine
-hit them alike. Each timed sample runs ``inner`` steps back to back (calibrated once per cell so a
-sample lasts about ``--sample-ms``). Reported per cell:
+The sides run interleaved in one process, round after round, and the rounds take the orders of the
+sides in turn (all permutations: with native, manualgrad and the GEMM bound, 6 orders), so slow
+drifts of the machine hit them alike and each side runs right after each other side equally often.
+(A step run right after the GEMM bound's cache-flushing matrix products is measurably slower on a
+small CPU; a fixed order such as ABBA would put one side after it more often than the other.)
+Each timed sample runs ``inner`` steps back to back (calibrated once per cell so a sample lasts
+about ``--sample-ms``). Reported per cell:
 
 * the median of the per-round ratios manualgrad/native and each side's median step time;
 * a GEMM-only lower bound: just the matrix products a step must do (per Linear the forward
@@ -320,6 +323,7 @@ def measure(steps: dict[str, Step], device: str, budget: Budget) -> tuple[Times,
     probe = max(timer(fn, 1) for fn in steps.values())
     inner = max(1, min(1000, math.ceil(budget.sample_ms / max(probe, 1e-3))))
     names = list(steps)
+    orders = list(itertools.permutations(names))  # each side equally often after each other side
     times: Times = {n: [] for n in names}
     gc.collect()
     gc.disable()
@@ -327,7 +331,7 @@ def measure(steps: dict[str, Step], device: str, budget: Budget) -> tuple[Times,
         deadline = time.perf_counter() + budget.min_time
         r = 0
         while r < budget.rounds or (time.perf_counter() < deadline and r < budget.max_rounds):
-            for n in names if r % 2 == 0 else names[::-1]:
+            for n in orders[r % len(orders)]:
                 times[n].append(timer(steps[n], inner))
             r += 1
     finally:

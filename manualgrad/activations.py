@@ -108,63 +108,92 @@ class Activation:
     def backward(self, g: Tensor, saved: Tensor, *params: Any, overwrite: bool = False) -> Tensor:
         """``dC/dz = dC/da ⊙ σ'``, the way that is fastest here; every way computes ``grad``'s formula.
 
-        * ``overwrite``: ``g`` is the backward's own temporary, so ``grad_`` may reuse it.
-        * a large first-order backward on CPU runs ``grad`` compiled into one fused loop
-          (:data:`FUSION`): a formula of many elementwise steps (GELU's erf and exp) then reads
-          and writes memory once, like torch's hand-written kernels, instead of once per step.
-        * otherwise ``grad`` itself, op by op (also for double backward, vmap and forward AD).
+        * ``overwrite``: ``g`` is the backward's own temporary, so the result may be written into it.
+        * a first-order backward on CPU, from :attr:`_Fusion.min_numel` elements on (larger for the
+          one- or two-kernel formulas that have ``grad_``), runs ``grad`` compiled into one fused
+          loop (:data:`FUSION`): the formula then reads and writes memory once, like torch's
+          hand-written kernels, instead of once per step (GELU's formula is a dozen steps).
+        * otherwise ``grad_`` (when ``overwrite``) or ``grad`` itself, op by op (also for double
+          backward, vmap, forward AD and inside ``torch.compile``).
         """
+        min_numel = FUSION.min_numel if self.grad_ is None else FUSION.min_numel_simple
+        if g.numel() >= min_numel and FUSION.usable(g, saved):
+            fused = FUSION.kernel(self, g, params, into=overwrite)
+            if fused is not None:
+                return fused(g, saved)
         if overwrite and self.grad_ is not None:
             return self.grad_(g, saved, *params)
-        if self.grad_ is None and g.numel() >= FUSION.min_numel and FUSION.usable(g):
-            fused = FUSION.compiled(self)
-            if fused is not None:
-                return fused(g, saved, *params)
         return self.grad(g, saved, *params)
 
 
 class _Fusion:
-    """Compiles registry derivatives into fused CPU kernels with ``torch.compile`` (inductor).
+    """Compiles registry derivatives into fused CPU kernels with TorchInductor.
 
-    Used only where nothing needs the op-by-op graph: no grad mode (so not double backward),
-    no functorch transform, not already inside ``torch.compile``. Set ``enabled = False`` to use
-    the eager formulas everywhere; a machine where compiling fails (no C++ compiler) falls back
-    to them with one warning.
+    Used only where nothing needs the op-by-op graph: no grad mode (so not double backward), no
+    functorch transform, not already inside ``torch.compile``, contiguous CPU tensors of one
+    shape. A kernel is ``grad``'s formula traced to an FX graph (``make_fx``) and compiled by
+    ``torch._inductor.compile`` for one (activation, params, shape, dtype), either allocating its
+    result or writing it into ``grad_output`` when the backward owns that buffer (a fresh large
+    buffer costs page faults on every step). Called directly, such a kernel skips TorchDynamo's
+    frame evaluation and guards (``torch.compile``'s per-call cost, tens of µs, would eat the gain
+    on small tensors). Each new shape compiles once, about a second with a warm inductor cache;
+    after ``max_kernels`` kernels new shapes run the eager formula.
+
+    Settings: ``enabled = False`` uses the eager formulas everywhere; ``min_numel`` is the size
+    from which multi-op formulas (GELU, SiLU, ...) are fused, ``min_numel_simple`` the size for
+    the one- or two-kernel ones with an in-place ``grad_`` (ReLU, Sigmoid, Tanh). A machine
+    where compiling fails (no C++ compiler) uses the eager formulas after one warning.
     """
 
     def __init__(self) -> None:
         self.enabled = True
-        self.min_numel = 1 << 16
-        self._cache: dict[str, Callable[..., Tensor] | None] = {}
+        self.min_numel = 1 << 12
+        self.min_numel_simple = 1 << 18
+        self.max_kernels = 64
+        self.broken = False  # compiling failed once: stay eager
+        self._kernels: dict[tuple[Any, ...], Callable[..., Tensor]] = {}
 
-    def usable(self, g: Tensor) -> bool:
+    def usable(self, g: Tensor, saved: Tensor) -> bool:
         return (
             self.enabled
+            and not self.broken
             and g.device.type == "cpu"
+            and g.shape == saved.shape
+            and g.dtype == saved.dtype
+            and g.is_contiguous()
+            and saved.is_contiguous()
             and not torch.is_grad_enabled()
             and not torch.compiler.is_compiling()
             and _functorch_level() is None
         )
 
-    def compiled(self, act: Activation) -> Callable[..., Tensor] | None:
-        """The fused kernel of ``act.grad`` (built once; static shapes give the faster loops), or ``None``
-        once compiling has failed."""
-        if act.name not in self._cache:
-            self._cache[act.name] = self._guarded(act, torch.compile(act.grad, dynamic=False, fullgraph=True))
-        return self._cache[act.name]
+    def kernel(self, act: Activation, g: Tensor, params: tuple[Any, ...], into: bool) -> Callable[..., Tensor] | None:
+        """The fused kernel of ``act.grad`` for ``g``'s shape and dtype (``into``: writing into ``g``),
+        compiled on first use; ``None`` where there is none (too many kernels, compiling failed)."""
+        key = (act.name, into, params, g.shape, g.dtype)
+        fn = self._kernels.get(key)
+        if fn is None and len(self._kernels) < self.max_kernels:
+            fn = self._compile(act, g, params, into)
+            if fn is not None:
+                self._kernels[key] = fn
+        return fn
 
-    def _guarded(self, act: Activation, fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        def call(*args: Any) -> Tensor:
-            try:
-                return fn(*args)
-            except Exception as err:  # any compiler failure: fall back to the eager formulas
-                warnings.warn(
-                    f"manualgrad: fused derivative for {act.name} unavailable ({err!r}); using eager ops", stacklevel=3
-                )
-                self._cache[act.name] = None
-                return act.grad(*args)
+    def _compile(self, act: Activation, g: Tensor, params: tuple[Any, ...], into: bool) -> Callable[..., Tensor] | None:
+        from torch.fx.experimental.proxy_tensor import make_fx
 
-        return call
+        def formula(g: Tensor, saved: Tensor) -> Tensor:
+            out = act.grad(g, saved, *params)
+            return g.copy_(out) if into else out
+
+        example = (torch.empty_like(g), torch.empty_like(g))
+        try:
+            graph = make_fx(formula)(*example)
+            compiled = torch._inductor.compile(graph, list(example), options={"cpp.min_chunk_size": 1 << 12})
+        except Exception as err:  # no C++ compiler, or any other compiler failure
+            warnings.warn(f"manualgrad: fused derivative kernels unavailable ({err!r}); using eager ops", stacklevel=4)
+            self.broken = True
+            return None
+        return compiled
 
 
 FUSION = _Fusion()

@@ -235,21 +235,35 @@ def test_saves_no_more_than_torch_nn() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("activation", ["gelu", "silu", "elu"])
+@pytest.mark.parametrize("activation", ["gelu", "silu", "elu", "relu", "tanh", "sigmoid"])
 def test_fused_derivative_kernel_matches_eager_formula(activation: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Large first-order backwards run the registry formula compiled into one loop: same values."""
+    """First-order backwards run the registry formula compiled into one loop: the same values, both
+    the kernel writing into the backward's own δ (hidden layers) and the one that allocates
+    (a lone activation, whose grad_output belongs to someone else)."""
     from manualgrad.activations import FUSION
 
     monkeypatch.setattr(FUSION, "min_numel", 0)
+    monkeypatch.setattr(FUSION, "min_numel_simple", 0)
     torch.manual_seed(0)
     net = mnn.MLP(16, [32], 4, activation=activation)
-    x, g = torch.randn(64, 16), torch.randn(64, 4)
-    fused = torch.autograd.grad(net(x), list(net.parameters()), g)
+    x, g = torch.randn(64, 16, requires_grad=True), torch.randn(64, 4)
+    lone = getattr(MF, activation)
+    g_lone = torch.randn(64, 16)
+
+    def grads() -> list[torch.Tensor]:
+        return [
+            *torch.autograd.grad(net(x), [x, *net.parameters()], g),
+            *torch.autograd.grad(lone(x), x, g_lone),
+        ]
+
+    fused = grads()
     monkeypatch.setattr(FUSION, "enabled", False)
-    eager = torch.autograd.grad(net(x), list(net.parameters()), g)
+    eager = grads()
     for a, b in zip(fused, eager, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    assert FUSION._cache[activation] is not None  # compiled, not fallen back
+    assert not FUSION.broken  # compiled, not fallen back
+    kinds = {key[1] for key in FUSION._kernels if key[0] == ACTIVATIONS[activation].name}
+    assert kinds == {True, False}  # both kernels ran
 
 
 # --- torch.func transforms --------------------------------------------------------------------

@@ -155,6 +155,8 @@ CASES = [
     # cross entropy: class indices (input only) and class probabilities (input, target, weight)
     *(case(f"ce-index-{r}", "cross_entropy", [X34, _idx(0, 3, 1)], (0,), reduction=r) for r in ("none", "mean", "sum")),
     case("ce-index-weight-mean", "cross_entropy", [X34, _idx(0, 3, 1)], (0,), weight=_r(4, lo=0.1)),
+    case("ce-index-ignore-mean", "cross_entropy", [X34, _idx(0, -100, 1)], (0,)),
+    case("ce-index-ignore-sum", "cross_entropy", [X34, _idx(-100, 3, 1)], (0,), reduction="sum"),
     case(
         "ce-index-weight-ignore-mean",
         "cross_entropy",

@@ -12,6 +12,7 @@ from .dense import Bilinear, DenseStack, bilinear, dense_stack, linear
 from .loss import (
     BCELoss,
     BCEWithLogitsLoss,
+    CrossEntropyIndices,
     CrossEntropyLoss,
     HuberLoss,
     KLDivLoss,
@@ -40,6 +41,7 @@ __all__ = [
     "BCELoss",
     "BCEWithLogitsLoss",
     "Bilinear",
+    "CrossEntropyIndices",
     "CrossEntropyLoss",
     "DenseStack",
     "Dropout",

@@ -24,6 +24,7 @@ computes exactly the same gradients as the separate ops (both call the same form
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -91,6 +92,7 @@ def tangent_z(dx: Tensor | None, x: Tensor, w: Tensor, dw: Tensor | None, db: Te
 # ---------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1024)
 def _layout(plan: tuple[Layer, ...]) -> tuple[tuple[int | None, int | None], ...]:
     """For each layer, the index (among the hidden outputs) of its ``z`` and of its ``a``.
 

@@ -15,7 +15,9 @@ and the weighted mean :math:`L = \sum w\ell / \sum w` of ``mse_loss``/``l1_loss`
 :math:`\partial L/\partial w = (\ell - L) / \sum w`. Gradients of broadcast operands are summed
 back to their shapes.
 
-Cross entropy is one Function (:class:`CrossEntropyLoss`): with :math:`p = \text{softmax}(x)`
+Cross entropy is one Function (:class:`CrossEntropyLoss`), and :class:`CrossEntropyIndices` for
+its common case (``(N, C)`` logits, class indices, no weight or smoothing): with
+:math:`p = \text{softmax}(x)`
 over the class dim and the per-class coefficients :math:`a = w \odot y_s` (:math:`y_s` the
 smoothed one-hot or probability target, zero on ignored samples), the sample loss is
 :math:`-\sum_c a_c \log p_c` and
@@ -27,7 +29,8 @@ which is :math:`(p - y_s)\, w / \text{norm}` when :math:`w` is a constant. ``nor
 summed target weight (class indices) or the number of samples (probabilities) for ``'mean'``.
 
 Every backward is made of differentiable torch ops on saved inputs and outputs (cross entropy
-returns its log-probabilities as a hidden output), so double backward works; each has a ``jvp``.
+returns its log-probabilities as a hidden output; its common case saves the logits), so double
+backward works; each has a ``jvp``.
 Under autocast, the losses torch runs in float32 run in float32 here too (inside the Function);
 the backward computes in ``grad_output``'s dtype.
 """
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -48,6 +52,7 @@ from ._common import ManualFunction, forward_ad_enabled, in_dtype
 __all__ = [
     "BCELoss",
     "BCEWithLogitsLoss",
+    "CrossEntropyIndices",
     "CrossEntropyLoss",
     "HuberLoss",
     "KLDivLoss",
@@ -671,8 +676,10 @@ class CrossEntropyLoss(ManualFunction):
         dtype = (grad_loss if grad_loss is not None else grad_logp).dtype  # type: ignore[union-attr]
         logp = in_dtype(logp0, dtype)
         if grad_logp is None and w0 is None and not ctx.probs and ctx.eps <= 0 and ctx.red != "none":
-            grad_x = CrossEntropyLoss._index_backward(ctx, grad_loss, logp, target)  # type: ignore[arg-type]
-            return grad_x, None, None, None, None, None, None
+            if not needs[0]:
+                return None, None, None, None, None, None, None
+            grad_index = _index_grad(grad_loss, logp.exp, target, ctx.red, ctx.ignore_index)  # type: ignore[arg-type]
+            return grad_index, None, None, None, None, None, None
         w = None if w0 is None else w0.to(dtype)
         p = logp.exp()
         grad_x = grad_t = grad_w = None
@@ -700,26 +707,6 @@ class CrossEntropyLoss(ManualFunction):
         return grad_x, grad_t, grad_w, None, None, None, None
 
     @staticmethod
-    def _index_backward(ctx: Any, grad_loss: Tensor, logp: Tensor, target: Tensor) -> Tensor | None:
-        """The common case (class indices, no weight, no smoothing, mean or sum), in few kernels."""
-        if not ctx.needs_input_grad[0]:
-            return None
-        cd = 0 if logp.dim() == 1 else 1
-        p = logp.exp()
-        if logp.device.type == "cpu" and not torch.compiler.is_compiling() and not (target == ctx.ignore_index).any():
-            # every target counted (the usual batch; a cheap check on CPU): G = dC/dloss / N for 'mean'
-            coef = grad_loss * (1.0 / max(target.numel(), 1)) if ctx.red == "mean" else grad_loss
-            index, sub = target.unsqueeze(cd), coef.neg().expand(target.shape).unsqueeze(cd)
-        else:
-            mask = target != ctx.ignore_index
-            # G = dC/dloss / (number of counted targets) for 'mean', on the counted samples only
-            coef = (mask * (grad_loss / mask.sum().clamp_min(1) if ctx.red == "mean" else grad_loss)).unsqueeze(cd)
-            # an ignored target has G = 0; clamping keeps its index valid
-            index, sub = target.clamp(0, logp.shape[cd] - 1).unsqueeze(cd), coef.neg()
-        # grad_input = G ⊙ (softmax(x) − onehot(t)): scale p, then subtract G at each target class
-        return (p * coef).scatter_add_(cd, index.long(), sub)
-
-    @staticmethod
     def tangent(ctx: Any, x_t: Tensor | None, t_t: Tensor | None, w_t: Tensor | None, *_: Any) -> tuple[Tensor, Tensor]:
         logp, target, w = ctx.saved_tensors
         ys, a, norm, cd = CrossEntropyLoss._coefficients(ctx, logp, target, w)
@@ -737,6 +724,74 @@ class CrossEntropyLoss(ManualFunction):
         if ctx.red == "none":
             return per, logp_t
         return per.sum() / norm, logp_t
+
+
+class CrossEntropyIndices(ManualFunction):
+    r"""The common case of :func:`cross_entropy` as a lean Function: ``apply(x, target, red, ignore_index)``.
+
+    ``x`` of shape ``(N, C)``, class indices, no weight, no label smoothing, ``'mean'`` or
+    ``'sum'``. One output; the logits are saved (the bytes torch saves as log-probabilities);
+    grad_input = G ⊙ (softmax(x) − onehot(t)).
+    """
+
+    @staticmethod
+    def forward(x: Tensor, target: Tensor, red: str, ignore_index: int) -> Tensor:
+        return _nn.nll_loss_nd(torch.log_softmax(x, 1), target, None, _Reduction.get_enum(red), ignore_index)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        x, target, ctx.red, ctx.ignore_index = inputs
+        ctx.save_for_backward(x, target)
+        if forward_ad_enabled():
+            ctx.save_for_forward(x, target)
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: Tensor) -> tuple[Tensor | None, None, None, None]:
+        x, target = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        x = in_dtype(x, grad_loss.dtype)
+        return _index_grad(grad_loss, lambda: torch.softmax(x, 1), target, ctx.red, ctx.ignore_index), None, None, None
+
+    @staticmethod
+    def tangent(ctx: Any, x_t: Tensor | None, *_: None) -> Tensor:
+        x, target = ctx.saved_tensors
+        if x_t is None:
+            return torch.zeros((), dtype=x.dtype, device=x.device)
+        # d loss = Σ (∂loss/∂x) ẋ
+        unit = torch.ones((), dtype=x.dtype, device=x.device)
+        return (_index_grad(unit, lambda: torch.softmax(x, 1), target, ctx.red, ctx.ignore_index) * x_t).sum()
+
+
+def _index_grad(grad_loss: Tensor, probs: Callable[[], Tensor], target: Tensor, red: str, ignore_index: int) -> Tensor:
+    """grad_input of cross entropy with class indices, no weight, no smoothing, 'mean' or 'sum':
+    G ⊙ (p − onehot(t)), G = dC/dloss / (counted targets), ``probs()`` giving a fresh ``p = softmax(x)``."""
+    p = probs()
+    cd = 0 if p.dim() == 1 else 1
+    index = (target if target.dtype == torch.long else target.long()).unsqueeze(cd)
+    if (
+        p.device.type == "cpu"
+        and not 0 <= ignore_index < p.shape[cd]
+        and not torch.is_grad_enabled()  # first order (scatter_ with reduce has no derivative)
+        and not torch.compiler.is_compiling()
+    ):
+        # ignore_index is no class, so an ignored target is an index out of range, which scatter_
+        # refuses (on CPU, before anything is returned): then the masked way below is taken
+        try:
+            # p − onehot(t): minus 1 at each target class
+            diff = p.scatter_(cd, index, -1.0, reduce="add")
+        except RuntimeError:
+            p = probs()  # the refused scatter_ may have changed some rows
+        else:
+            # grad_input = G ⊙ (p − onehot(t)),  G = dC/dloss / N for 'mean'
+            return diff * (grad_loss * (1.0 / max(target.numel(), 1)) if red == "mean" else grad_loss)
+    mask = target != ignore_index
+    # G = dC/dloss / (number of counted targets) for 'mean', on the counted samples only
+    coef = (mask * (grad_loss / mask.sum().clamp_min(1) if red == "mean" else grad_loss)).unsqueeze(cd)
+    # an ignored target has G = 0; clamping keeps its index valid
+    index = index.clamp(0, p.shape[cd] - 1)
+    # grad_input = G ⊙ (p − onehot(t)): scale p, then subtract G at each target class
+    return (p * coef).scatter_add_(cd, index, coef.neg().expand(index.shape))
 
 
 def _check_ce_target(fname: str, input: Tensor, target: Tensor, weight: Tensor | None) -> None:
@@ -795,6 +850,18 @@ def cross_entropy(
         tensor([[ 0.1250, -0.3750,  0.1250,  0.1250],
                 [ 0.1250,  0.1250,  0.1250, -0.3750]])
     """
+    if (
+        weight is None
+        and label_smoothing == 0.0
+        and size_average is None
+        and reduce is None
+        and (reduction == "mean" or reduction == "sum")
+        and input.dim() == 2
+        and target.dim() == 1
+        and target.dtype == torch.long
+        and (input.dtype == torch.float32 or input.dtype == torch.float64)
+    ):
+        return CrossEntropyIndices.call(input, target, reduction, ignore_index)  # the usual classifier loss
     reduction = _enum_reduction(_legacy(size_average, reduce, reduction))
     if input.shape == target.shape:
         if not target.is_floating_point():

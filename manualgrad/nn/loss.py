@@ -229,7 +229,7 @@ class CrossEntropyLoss(_WeightedLoss):
         >>> loss = mnn.CrossEntropyLoss()
         >>> x = torch.zeros(2, 4, requires_grad=True)
         >>> loss(x, torch.tensor([1, 3]))
-        tensor(1.3863, grad_fn=<CrossEntropyLossBackward>)
+        tensor(1.3863, grad_fn=<CrossEntropyIndicesBackward>)
     """
 
     __constants__ = ["ignore_index", "reduction", "label_smoothing"]
