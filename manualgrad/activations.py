@@ -30,6 +30,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch._C._functorch import is_legacy_batchedtensor as _is_legacy_batched
 from torch._C._functorch import maybe_current_level as _functorch_level
 
 __all__ = ["ACTIVATIONS", "FUSION", "Activation", "Param"]
@@ -117,32 +118,44 @@ class Activation:
           backward, vmap, forward AD and inside ``torch.compile``).
         """
         min_numel = FUSION.min_numel if self.grad_ is None else FUSION.min_numel_simple
-        if g.numel() >= min_numel and FUSION.usable(g, saved):
-            fused = FUSION.kernel(self, g, params, into=overwrite)
+        if g.numel() >= min_numel and g.shape == saved.shape and g.dtype == saved.dtype and FUSION.usable(g, saved):
+            fused = FUSION.kernel((self.name, params, overwrite), self._formula(params, overwrite), g, saved)
             if fused is not None:
                 return fused(g, saved)
         if overwrite and self.grad_ is not None:
             return self.grad_(g, saved, *params)
         return self.grad(g, saved, *params)
 
+    def _formula(self, params: tuple[Any, ...], into: bool) -> Callable[[Tensor, Tensor], Tensor]:
+        """``grad`` with fixed params, as :data:`FUSION` compiles it (``into``: written into ``g``)."""
+
+        def formula(g: Tensor, saved: Tensor) -> Tensor:
+            out = self.grad(g, saved, *params)
+            return g.copy_(out) if into else out
+
+        return formula
+
 
 class _Fusion:
-    """Compiles registry derivatives into fused CPU kernels with TorchInductor.
+    """Compiles manualgrad's derivative formulas into fused CPU kernels with TorchInductor.
 
     Used only where nothing needs the op-by-op graph: no grad mode (so not double backward), no
-    functorch transform, not already inside ``torch.compile``, contiguous CPU tensors of one
-    shape. A kernel is ``grad``'s formula traced to an FX graph (``make_fx``) and compiled by
-    ``torch._inductor.compile`` for one (activation, params, shape, dtype), either allocating its
-    result or writing it into ``grad_output`` when the backward owns that buffer (a fresh large
-    buffer costs page faults on every step). Called directly, such a kernel skips TorchDynamo's
-    frame evaluation and guards (``torch.compile``'s per-call cost, tens of µs, would eat the gain
-    on small tensors). Each new shape compiles once, about a second with a warm inductor cache;
-    after ``max_kernels`` kernels new shapes run the eager formula.
+    functorch transform or batched gradients, not already inside ``torch.compile``, contiguous
+    CPU tensors. A kernel is a formula traced to an FX graph (``make_fx``) and compiled by
+    ``torch._inductor.compile`` for one set of input shapes and dtypes. Called directly, it skips
+    TorchDynamo's frame evaluation and guards (``torch.compile``'s per-call cost, tens of µs,
+    would eat the gain on small tensors). Each new shape compiles once, about a second with a warm
+    inductor cache; after ``max_kernels`` kernels new shapes run the eager formula.
+
+    Users: the activation derivatives of the registry (:meth:`Activation.backward`; written into
+    ``grad_output`` where the backward owns that buffer, since a fresh large buffer costs page
+    faults on every step) and the cross-entropy gradient
+    (:class:`manualgrad.functional.loss.CrossEntropyIndices`).
 
     Settings: ``enabled = False`` uses the eager formulas everywhere; ``min_numel`` is the size
-    from which multi-op formulas (GELU, SiLU, ...) are fused, ``min_numel_simple`` the size for
-    the one- or two-kernel ones with an in-place ``grad_`` (ReLU, Sigmoid, Tanh). A machine
-    where compiling fails (no C++ compiler) uses the eager formulas after one warning.
+    from which multi-op activation formulas (GELU, SiLU, ...) are fused, ``min_numel_simple`` the
+    size for the one- or two-kernel ones with an in-place ``grad_`` (ReLU, Sigmoid, Tanh). A
+    machine where compiling fails (no C++ compiler) uses the eager formulas after one warning.
     """
 
     def __init__(self) -> None:
@@ -153,42 +166,40 @@ class _Fusion:
         self.broken = False  # compiling failed once: stay eager
         self._kernels: dict[tuple[Any, ...], Callable[..., Tensor]] = {}
 
-    def usable(self, g: Tensor, saved: Tensor) -> bool:
+    def usable(self, *tensors: Tensor) -> bool:
+        """Whether a fused kernel may replace the eager formula on these inputs, here and now."""
         return (
             self.enabled
             and not self.broken
-            and g.device.type == "cpu"
-            and g.shape == saved.shape
-            and g.dtype == saved.dtype
-            and g.is_contiguous()
-            and saved.is_contiguous()
+            and tensors[0].device.type == "cpu"
+            and all(t.is_contiguous() and not _is_legacy_batched(t) for t in tensors)
             and not torch.is_grad_enabled()
             and not torch.compiler.is_compiling()
             and _functorch_level() is None
         )
 
-    def kernel(self, act: Activation, g: Tensor, params: tuple[Any, ...], into: bool) -> Callable[..., Tensor] | None:
-        """The fused kernel of ``act.grad`` for ``g``'s shape and dtype (``into``: writing into ``g``),
-        compiled on first use; ``None`` where there is none (too many kernels, compiling failed)."""
-        key = (act.name, into, params, g.shape, g.dtype)
-        fn = self._kernels.get(key)
+    def kernel(
+        self, key: tuple[Any, ...], formula: Callable[..., Tensor], *example: Tensor
+    ) -> Callable[..., Tensor] | None:
+        """``formula`` compiled for the shapes and dtypes of ``example`` (``key`` names everything else
+        the formula depends on), on first use; ``None`` where there is none (too many kernels,
+        compiling failed)."""
+        full_key = (key, *((t.shape, t.dtype) for t in example))
+        fn = self._kernels.get(full_key)
         if fn is None and len(self._kernels) < self.max_kernels:
-            fn = self._compile(act, g, params, into)
+            fn = self._compile(formula, example)
             if fn is not None:
-                self._kernels[key] = fn
+                self._kernels[full_key] = fn
         return fn
 
-    def _compile(self, act: Activation, g: Tensor, params: tuple[Any, ...], into: bool) -> Callable[..., Tensor] | None:
+    def _compile(self, formula: Callable[..., Tensor], example: tuple[Tensor, ...]) -> Callable[..., Tensor] | None:
         from torch.fx.experimental.proxy_tensor import make_fx
 
-        def formula(g: Tensor, saved: Tensor) -> Tensor:
-            out = act.grad(g, saved, *params)
-            return g.copy_(out) if into else out
-
-        example = (torch.empty_like(g), torch.empty_like(g))
+        inputs = [torch.empty_like(t) for t in example]
         try:
-            graph = make_fx(formula)(*example)
-            compiled = torch._inductor.compile(graph, list(example), options={"cpp.min_chunk_size": 1 << 12})
+            graph = make_fx(formula)(*inputs)
+            # parallel loops from 2 x 4096 elements on (torch's own kernels split at 32768)
+            compiled = torch._inductor.compile(graph, inputs, options={"cpp.min_chunk_size": 1 << 12})
         except Exception as err:  # no C++ compiler, or any other compiler failure
             warnings.warn(f"manualgrad: fused derivative kernels unavailable ({err!r}); using eager ops", stacklevel=4)
             self.broken = True

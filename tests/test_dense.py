@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -262,8 +264,44 @@ def test_fused_derivative_kernel_matches_eager_formula(activation: str, monkeypa
     for a, b in zip(fused, eager, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert not FUSION.broken  # compiled, not fallen back
-    kinds = {key[1] for key in FUSION._kernels if key[0] == ACTIVATIONS[activation].name}
+    kinds = {key[0][2] for key in FUSION._kernels if key[0][0] == ACTIVATIONS[activation].name}
     assert kinds == {True, False}  # both kernels ran
+
+
+@pytest.mark.slow
+def test_fused_kernels_stay_out_of_batched_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``is_grads_batched`` hands the backward batched tensors that look plain: no fused kernel then."""
+    from manualgrad.activations import FUSION
+
+    monkeypatch.setattr(FUSION, "min_numel", 0)
+    torch.manual_seed(0)
+    net = mnn.MLP(8, [16], 4, activation="gelu")
+    x, y = torch.randn(32, 8, requires_grad=True), torch.randint(0, 4, (32,))
+    loss = MF.cross_entropy(net(x), y)
+    v = torch.randn(3)
+    (one,) = torch.autograd.grad(loss, x, retain_graph=True)  # compiles the kernels for these shapes
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "fused derivative kernels unavailable"
+        (batched,) = torch.autograd.grad(loss, x, v, is_grads_batched=True, retain_graph=True)
+    torch.testing.assert_close(batched, v.view(3, 1, 1) * one, rtol=1e-5, atol=1e-7)
+    assert not FUSION.broken
+
+
+@pytest.mark.slow
+def test_fused_cross_entropy_matches_eager_formula(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cross-entropy gradient compiled into one kernel: the same values, ignored targets included."""
+    from manualgrad.activations import FUSION
+
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 5, requires_grad=True), torch.tensor([0, -100, 4, 2] * 4)
+    for reduction in ("mean", "sum"):
+        monkeypatch.setattr(FUSION, "enabled", True)
+        fused = torch.autograd.grad(MF.cross_entropy(x, y, reduction=reduction), x)
+        assert any(key[0][0] == "cross_entropy" for key in FUSION._kernels)
+        monkeypatch.setattr(FUSION, "enabled", False)
+        eager = torch.autograd.grad(MF.cross_entropy(x, y, reduction=reduction), x)
+        torch.testing.assert_close(fused, eager)
+        torch.testing.assert_close(fused, torch.autograd.grad(F.cross_entropy(x, y, reduction=reduction), x))
 
 
 # --- torch.func transforms --------------------------------------------------------------------

@@ -39,13 +39,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.nn import _reduction as _Reduction
 from torch.nn import functional as F
+
+from manualgrad.activations import FUSION
 
 from ._common import ManualFunction, forward_ad_enabled, in_dtype
 
@@ -678,7 +679,7 @@ class CrossEntropyLoss(ManualFunction):
         if grad_logp is None and w0 is None and not ctx.probs and ctx.eps <= 0 and ctx.red != "none":
             if not needs[0]:
                 return None, None, None, None, None, None, None
-            grad_index = _index_grad(grad_loss, logp.exp, target, ctx.red, ctx.ignore_index)  # type: ignore[arg-type]
+            grad_index = _index_grad(grad_loss, logp.exp(), target, ctx.red, ctx.ignore_index)  # type: ignore[arg-type]
             return grad_index, None, None, None, None, None, None
         w = None if w0 is None else w0.to(dtype)
         p = logp.exp()
@@ -736,7 +737,8 @@ class CrossEntropyIndices(ManualFunction):
 
     @staticmethod
     def forward(x: Tensor, target: Tensor, red: str, ignore_index: int) -> Tensor:
-        return _nn.nll_loss_nd(torch.log_softmax(x, 1), target, None, _Reduction.get_enum(red), ignore_index)
+        # torch's forward: nll_loss(log_softmax(x)) in one call
+        return _nn.cross_entropy_loss(x, target, None, 1 if red == "mean" else 2, ignore_index, 0.0)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
@@ -751,7 +753,16 @@ class CrossEntropyIndices(ManualFunction):
         if not ctx.needs_input_grad[0]:
             return None, None, None, None
         x = in_dtype(x, grad_loss.dtype)
-        return _index_grad(grad_loss, lambda: torch.softmax(x, 1), target, ctx.red, ctx.ignore_index), None, None, None
+        red, ignore_index = ctx.red, ctx.ignore_index
+
+        def formula(grad_loss: Tensor, x: Tensor, target: Tensor) -> Tensor:
+            return _index_grad(grad_loss, torch.softmax(x, 1), target, red, ignore_index)
+
+        if FUSION.usable(grad_loss, x, target):  # one fused CPU kernel instead of a dozen tiny ones
+            fused = FUSION.kernel(("cross_entropy", red, ignore_index), formula, grad_loss, x, target)
+            if fused is not None:
+                return fused(grad_loss, x, target), None, None, None
+        return formula(grad_loss, x, target), None, None, None
 
     @staticmethod
     def tangent(ctx: Any, x_t: Tensor | None, *_: None) -> Tensor:
@@ -760,38 +771,22 @@ class CrossEntropyIndices(ManualFunction):
             return torch.zeros((), dtype=x.dtype, device=x.device)
         # d loss = Σ (∂loss/∂x) ẋ
         unit = torch.ones((), dtype=x.dtype, device=x.device)
-        return (_index_grad(unit, lambda: torch.softmax(x, 1), target, ctx.red, ctx.ignore_index) * x_t).sum()
+        return (_index_grad(unit, torch.softmax(x, 1), target, ctx.red, ctx.ignore_index) * x_t).sum()
 
 
-def _index_grad(grad_loss: Tensor, probs: Callable[[], Tensor], target: Tensor, red: str, ignore_index: int) -> Tensor:
-    """grad_input of cross entropy with class indices, no weight, no smoothing, 'mean' or 'sum':
-    G ⊙ (p − onehot(t)), G = dC/dloss / (counted targets), ``probs()`` giving a fresh ``p = softmax(x)``."""
-    p = probs()
+def _index_grad(grad_loss: Tensor, p: Tensor, target: Tensor, red: str, ignore_index: int) -> Tensor:
+    """grad_input of cross entropy with class indices, no weight, no smoothing, 'mean' or 'sum', from
+    ``p = softmax(x)``: G ⊙ (p − onehot(t)), G = dC/dloss / (number of counted targets) for 'mean'."""
     cd = 0 if p.dim() == 1 else 1
-    index = (target if target.dtype == torch.long else target.long()).unsqueeze(cd)
-    if (
-        p.device.type == "cpu"
-        and not 0 <= ignore_index < p.shape[cd]
-        and not torch.is_grad_enabled()  # first order (scatter_ with reduce has no derivative)
-        and not torch.compiler.is_compiling()
-    ):
-        # ignore_index is no class, so an ignored target is an index out of range, which scatter_
-        # refuses (on CPU, before anything is returned): then the masked way below is taken
-        try:
-            # p − onehot(t): minus 1 at each target class
-            diff = p.scatter_(cd, index, -1.0, reduce="add")
-        except RuntimeError:
-            p = probs()  # the refused scatter_ may have changed some rows
-        else:
-            # grad_input = G ⊙ (p − onehot(t)),  G = dC/dloss / N for 'mean'
-            return diff * (grad_loss * (1.0 / max(target.numel(), 1)) if red == "mean" else grad_loss)
-    mask = target != ignore_index
-    # G = dC/dloss / (number of counted targets) for 'mean', on the counted samples only
-    coef = (mask * (grad_loss / mask.sum().clamp_min(1) if red == "mean" else grad_loss)).unsqueeze(cd)
-    # an ignored target has G = 0; clamping keeps its index valid
-    index = index.clamp(0, p.shape[cd] - 1)
-    # grad_input = G ⊙ (p − onehot(t)): scale p, then subtract G at each target class
-    return (p * coef).scatter_add_(cd, index, coef.neg().expand(index.shape))
+    n_classes = p.shape[cd]
+    counted = target != ignore_index
+    # G, per sample: 0 on ignored samples
+    G = counted * (grad_loss / counted.sum().clamp_min(1) if red == "mean" else grad_loss)
+    # onehot(t)_c = [c = t] along the class dim (an ignored target, where G = 0, clamped to a class)
+    classes = torch.arange(n_classes, device=p.device).view(n_classes, *([1] * (p.dim() - cd - 1)))
+    onehot = classes == target.clamp(0, n_classes - 1).unsqueeze(cd)
+    # grad_input = G ⊙ (p − onehot(t))
+    return G.unsqueeze(cd) * (p - onehot.to(p.dtype))
 
 
 def _check_ce_target(fname: str, input: Tensor, target: Tensor, weight: Tensor | None) -> None:
