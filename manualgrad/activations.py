@@ -195,7 +195,7 @@ class _Fusion:
     def _compile(self, formula: Callable[..., Tensor], example: tuple[Tensor, ...]) -> Callable[..., Tensor] | None:
         from torch.fx.experimental.proxy_tensor import make_fx
 
-        inputs = [torch.empty_like(t) for t in example]
+        inputs: list[Any] = [torch.empty_like(t) for t in example]
         try:
             graph = make_fx(formula)(*inputs)
             # parallel loops from 2 x 4096 elements on (torch's own kernels split at 32768)
