@@ -200,6 +200,7 @@ class _Fusion:
             graph = make_fx(formula)(*inputs)
             # parallel loops from 2 x 4096 elements on (torch's own kernels split at 32768)
             compiled = torch._inductor.compile(graph, inputs, options={"cpp.min_chunk_size": 1 << 12})
+            compiled(*inputs)  # a first call: a calling convention this torch does not have fails here
         except Exception as err:  # no C++ compiler, or any other compiler failure
             warnings.warn(f"manualgrad: fused derivative kernels unavailable ({err!r}); using eager ops", stacklevel=4)
             self.broken = True

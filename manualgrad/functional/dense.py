@@ -29,6 +29,7 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from manualgrad.activations import Activation
@@ -57,7 +58,7 @@ def rows(t: Tensor) -> Tensor:
 def linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """z = X Wᵀ + b, for any leading dims (never a view: the Function returns it)."""
     if x.dim() == 2:
-        return x.mm(weight.t()) if bias is None else torch.addmm(bias, x, weight.t())
+        return F.linear(x, weight, bias)  # torch's addmm(b, X, Wᵀ), in one call
     z = torch.matmul(x, weight.t())
     return z if bias is None else z.add_(bias)
 
