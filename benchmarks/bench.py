@@ -25,7 +25,7 @@ Usage::
     python -m benchmarks.bench --quick      # smoke run: one small cell, a few rounds
     python -m benchmarks.bench --only 784-1024-1024-10:relu:1024:eager --rounds 30
 
-Results go to ``benchmarks/results/<date>-<device>.md`` (the table) and ``.json`` (every per-round
+Results go to ``benchmarks/results/<date>-<device>-<modes>.md`` (the table) and ``.json`` (every per-round
 time and the machine's description).
 """
 
@@ -476,9 +476,12 @@ def write_results(
     info: dict[str, Any],
     out_dir: Path,
 ) -> tuple[Path, Path]:
-    """Write ``<date>-<device>.md`` and ``.json`` into ``out_dir``; return their paths."""
+    """Write ``<date>-<device>-<modes>.md`` and ``.json`` into ``out_dir``; return their paths.
+
+    (An eager and a compile run of the same day and device keep separate files.)"""
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{dt.date.today().isoformat()}-{device}"
+    modes = "-".join(m for m in MODES if any(r.mode == m for r in rows))
+    stem = f"{dt.date.today().isoformat()}-{device}-{modes}"
     md, js = out_dir / f"{stem}.md", out_dir / f"{stem}.json"
     head = ", ".join(f"{k}: {info[k]}" for k in ("date", "torch", "cpu_model", "threads"))
     if "gpu" in info:

@@ -32,8 +32,8 @@ def test_quick_run_writes_results(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert len(row) == len(bench.HEADER)
     assert row[:5] == ["cpu", "20-16-5", "relu", "8", "eager"]
 
-    (md,) = tmp_path.glob("*-cpu.md")
-    (js,) = tmp_path.glob("*-cpu.json")
+    (md,) = tmp_path.glob("*-cpu-eager.md")
+    (js,) = tmp_path.glob("*-cpu-eager.json")
     assert md.stem == js.stem
     assert table[2] in md.read_text()
     data = json.loads(js.read_text())
