@@ -274,10 +274,20 @@ def _check_linear(
 def check_stack(input: Tensor, params: list[Tensor | None]) -> None:
     """Torch-style errors for a run of Linear layers, ``params`` = ``[w_1, b_1, ..., w_L, b_L]``."""
     shape = input.shape
+    features, dtype, device = (shape[-1] if shape else -1), input.dtype, input.device
     for i in range(0, len(params), 2):
-        weight = params[i]
-        _check_linear("linear", input, weight, params[i + 1], shape)  # type: ignore[arg-type]
-        shape = torch.Size((*shape[:-1], weight.shape[0]))  # type: ignore[union-attr]
+        weight, bias = params[i], params[i + 1]
+        w_shape = weight.shape  # type: ignore[union-attr]
+        if not (  # the common case, checked cheaply; _check_linear names what is wrong
+            len(w_shape) == 2
+            and w_shape[1] == features
+            and weight.dtype == dtype  # type: ignore[union-attr]
+            and weight.device == device  # type: ignore[union-attr]
+            and (bias is None or (bias.shape == w_shape[:1] and bias.dtype == dtype and bias.device == device))
+        ):
+            layer_shape = shape if i == 0 else torch.Size((*shape[:-1], features))
+            _check_linear("linear", input, weight, bias, layer_shape)  # type: ignore[arg-type]
+        features = w_shape[0] if len(w_shape) == 2 else -1
 
 
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
