@@ -24,7 +24,6 @@ computes exactly the same gradients as the separate ops (both call the same form
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -93,7 +92,6 @@ def tangent_z(dx: Tensor | None, x: Tensor, w: Tensor, dw: Tensor | None, db: Te
 # ---------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=1024)
 def _layout(plan: tuple[Layer, ...]) -> tuple[tuple[int | None, int | None], ...]:
     """For each layer, the index (among the hidden outputs) of its ``z`` and of its ``a``.
 
@@ -111,6 +109,21 @@ def _layout(plan: tuple[Layer, ...]) -> tuple[tuple[int | None, int | None], ...
             a_slot, n = n, n + 1
         slots.append((z_slot, a_slot))
     return tuple(slots)
+
+
+_LAYOUTS: dict[tuple[Layer, ...], tuple[tuple[int | None, int | None], ...]] = {}
+
+
+def _layout_of(plan: tuple[Layer, ...]) -> tuple[tuple[int | None, int | None], ...]:
+    """:func:`_layout`, remembered per plan in eager mode (TorchDynamo traces the plain function)."""
+    if torch.compiler.is_compiling():
+        return _layout(plan)
+    slots = _LAYOUTS.get(plan)
+    if slots is None:
+        slots = _layout(plan)
+        if len(_LAYOUTS) < 1024:  # plans carry activation params: keep the memo bounded
+            _LAYOUTS[plan] = slots
+    return slots
 
 
 class DenseStack(ManualFunction):
@@ -150,7 +163,7 @@ class DenseStack(ManualFunction):
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
         x, plan, save_dtype, *params = inputs
         out, *hidden = output
-        ctx.plan, ctx.slots, ctx.save_dtype, ctx.out_shape = plan, _layout(plan), save_dtype, out.shape
+        ctx.plan, ctx.slots, ctx.save_dtype, ctx.out_shape = plan, _layout_of(plan), save_dtype, out.shape
         ctx.set_materialize_grads(False)
         last = plan[-1][0]
         keep_out = out if last is not None and last.saves == "output" else None
