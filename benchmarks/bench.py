@@ -11,7 +11,8 @@ drifts of the machine hit them alike and each side runs right after each other s
 (A step run right after the GEMM bound's cache-flushing matrix products is measurably slower on a
 small CPU; a fixed order such as ABBA would put one side after it more often than the other.)
 Each timed sample runs ``inner`` steps back to back (calibrated once per cell so a sample lasts
-about ``--sample-ms``). Reported per cell:
+about ``--sample-ms``). Each cell runs in a fresh process (``--no-isolate``: all in this one), so
+no cell inherits the allocator state the earlier ones left. Reported per cell:
 
 * the median of the per-round ratios manualgrad/native and each side's median step time;
 * a GEMM-only lower bound: just the matrix products a step must do (per Linear the forward
@@ -32,12 +33,14 @@ time and the machine's description).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import copy
 import datetime as dt
 import gc
 import itertools
 import json
 import math
+import multiprocessing
 import platform
 import shlex
 import statistics
@@ -339,6 +342,25 @@ def measure(steps: dict[str, Step], device: str, budget: Budget) -> tuple[Times,
     return times, inner
 
 
+def _run_cell_with_threads(cell: Cell, budget: Budget, threads: int | None) -> Row:
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return run_cell(cell, budget)
+
+
+def run_isolated(cell: Cell, budget: Budget, threads: int | None = None) -> Row:
+    """:func:`run_cell` in a fresh Python process.
+
+    A cell's timings depend on the process's history: glibc's malloc moves its mmap threshold
+    with every large free, so after other cells the same step's buffers may come from the heap or
+    from fresh page-faulting mappings, for either side (seen: one cell at 0.98 alone and 1.23
+    after the grid's earlier cells). A fresh process per cell gives every cell the same start.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        return pool.submit(_run_cell_with_threads, cell, budget, threads).result()
+
+
 def _median_ratio(num: list[float], den: list[float]) -> float:
     return statistics.median(a / b for a, b in zip(num, den, strict=True))
 
@@ -544,6 +566,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where results are written")
     p.add_argument("--no-save", action="store_true", help="print the table only")
+    p.add_argument(
+        "--no-isolate",
+        action="store_true",
+        help="run every cell in this process (default: each cell in a fresh process)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.min_time, args.warmup, args.sample_ms = 5, 0.0, 2, 2.0
@@ -572,7 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows: list[Row] = []
         for i, cell in enumerate(todo, 1):
             print(f"[{i}/{len(todo)}] {cell.key}", file=sys.stderr, flush=True)
-            rows.append(run_cell(cell, budget))
+            rows.append(run_cell(cell, budget) if args.no_isolate else run_isolated(cell, budget, args.threads))
         print(markdown_table(rows))
         if not args.no_save:
             md, js = write_results(rows, device, machine_info(device, argv), args.out_dir)
