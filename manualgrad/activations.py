@@ -170,12 +170,12 @@ class _Fusion:
         """Whether a fused kernel may replace the eager formula on these inputs, here and now."""
         return (
             self.enabled
+            and not torch.compiler.is_compiling()  # first: TorchDynamo folds it and traces no further
             and not self.broken
             and tensors[0].device.type == "cpu"
-            and all(t.is_contiguous() and not _is_legacy_batched(t) for t in tensors)
             and not torch.is_grad_enabled()
-            and not torch.compiler.is_compiling()
             and _functorch_level() is None
+            and all(t.is_contiguous() and not _is_legacy_batched(t) for t in tensors)
         )
 
     def kernel(

@@ -44,3 +44,28 @@ def test_no_graph_break_in_standalone_ops() -> None:
     )
     explanation = torch._dynamo.explain(net)(torch.randn(3, 6))
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def test_compile_traces_past_the_fused_kernel_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside torch.compile the eager formulas are traced (inductor fuses them): the switch to the
+    fused-kernel path must not make TorchDynamo break the graph or warn, at any size."""
+    import warnings
+
+    import manualgrad.functional as MF
+    from manualgrad.activations import FUSION
+
+    monkeypatch.setattr(FUSION, "min_numel", 0)
+    monkeypatch.setattr(FUSION, "min_numel_simple", 0)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = mnn.MLP(12, [16], 5, activation="gelu")
+    x, target = torch.randn(8, 12), torch.randint(0, 5, (8,))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        MF.cross_entropy(torch.compile(model, fullgraph=True)(x), target).backward()
+    compiled_grads = [p.grad.clone() for p in model.parameters()]  # type: ignore[union-attr]
+    model.zero_grad(set_to_none=True)
+    MF.cross_entropy(model(x), target).backward()
+    for a, p in zip(compiled_grads, model.parameters(), strict=True):
+        torch.testing.assert_close(a, p.grad)
