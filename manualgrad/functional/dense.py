@@ -111,21 +111,6 @@ def _layout(plan: tuple[Layer, ...]) -> tuple[tuple[int | None, int | None], ...
     return tuple(slots)
 
 
-_LAYOUTS: dict[tuple[Layer, ...], tuple[tuple[int | None, int | None], ...]] = {}
-
-
-def _layout_of(plan: tuple[Layer, ...]) -> tuple[tuple[int | None, int | None], ...]:
-    """:func:`_layout`, remembered per plan in eager mode (TorchDynamo traces the plain function)."""
-    if torch.compiler.is_compiling():
-        return _layout(plan)
-    slots = _LAYOUTS.get(plan)
-    if slots is None:
-        slots = _layout(plan)
-        if len(_LAYOUTS) < 1024:  # plans carry activation params: keep the memo bounded
-            _LAYOUTS[plan] = slots
-    return slots
-
-
 class DenseStack(ManualFunction):
     """``a_i = σ_i(a_{i-1} W_iᵀ + b_i)`` for a run of layers, with hand-derived gradients.
 
@@ -163,7 +148,7 @@ class DenseStack(ManualFunction):
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
         x, plan, save_dtype, *params = inputs
         out, *hidden = output
-        ctx.plan, ctx.slots, ctx.save_dtype, ctx.out_shape = plan, _layout_of(plan), save_dtype, out.shape
+        ctx.plan, ctx.slots, ctx.save_dtype, ctx.out_shape = plan, _layout(plan), save_dtype, out.shape
         ctx.set_materialize_grads(False)
         last = plan[-1][0]
         keep_out = out if last is not None and last.saves == "output" else None
@@ -249,23 +234,26 @@ class DenseStack(ManualFunction):
         return (dh.reshape(ctx.out_shape), *hidden_t)  # type: ignore[union-attr,arg-type]
 
 
+def _fits(features: int, dtype: torch.dtype, device: torch.device, weight: Tensor, bias: Tensor | None) -> bool:
+    """The common case of a Linear layer, checked cheaply: a 2-D weight taking ``features`` inputs,
+    a matching bias, one dtype and device (``features`` is -1 for an input without dims)."""
+    w_shape = weight.shape
+    return (
+        len(w_shape) == 2
+        and w_shape[1] == features
+        and weight.dtype == dtype
+        and weight.device == device
+        and (bias is None or (bias.shape == w_shape[:1] and bias.dtype == dtype and bias.device == device))
+    )
+
+
 def _check_linear(
     fname: str, input: Tensor, weight: Tensor, bias: Tensor | None, shape: torch.Size | None = None
 ) -> None:
     """Torch-style errors for a Linear layer; ``shape`` is the layer's input shape inside a stack."""
     shape = input.shape if shape is None else shape
-    if (
-        weight.dim() == 2
-        and len(shape) > 0
-        and shape[-1] == weight.shape[1]
-        and input.dtype == weight.dtype
-        and input.device == weight.device
-        and (
-            bias is None
-            or (bias.shape == weight.shape[:1] and bias.dtype == weight.dtype and bias.device == weight.device)
-        )
-    ):
-        return  # the common case, checked cheaply; the detailed checks below name what is wrong
+    if _fits(shape[-1] if shape else -1, input.dtype, input.device, weight, bias):
+        return  # the detailed checks below name what is wrong
     if weight.dim() != 2:
         raise RuntimeError(
             f"{fname}(): expected weight to be 2-D (out_features, in_features), but got weight of shape "
@@ -290,17 +278,10 @@ def check_stack(input: Tensor, params: list[Tensor | None]) -> None:
     features, dtype, device = (shape[-1] if shape else -1), input.dtype, input.device
     for i in range(0, len(params), 2):
         weight, bias = params[i], params[i + 1]
-        w_shape = weight.shape  # type: ignore[union-attr]
-        if not (  # the common case, checked cheaply; _check_linear names what is wrong
-            len(w_shape) == 2
-            and w_shape[1] == features
-            and weight.dtype == dtype  # type: ignore[union-attr]
-            and weight.device == device  # type: ignore[union-attr]
-            and (bias is None or (bias.shape == w_shape[:1] and bias.dtype == dtype and bias.device == device))
-        ):
+        if not _fits(features, dtype, device, weight, bias):  # type: ignore[arg-type]
             layer_shape = shape if i == 0 else torch.Size((*shape[:-1], features))
             _check_linear("linear", input, weight, bias, layer_shape)  # type: ignore[arg-type]
-        features = w_shape[0] if len(w_shape) == 2 else -1
+        features = weight.shape[0]  # type: ignore[union-attr]
 
 
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
