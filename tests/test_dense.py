@@ -246,6 +246,7 @@ def test_fused_derivative_kernel_matches_eager_formula(activation: str, monkeypa
 
     monkeypatch.setattr(FUSION, "min_numel", 0)
     monkeypatch.setattr(FUSION, "min_numel_simple", 0)
+    monkeypatch.setattr(FUSION, "dense", False)  # the per-layer kernels, not the stack's graph
     torch.manual_seed(0)
     net = mnn.MLP(16, [32], 4, activation=activation)
     x, g = torch.randn(64, 16, requires_grad=True), torch.randn(64, 4)
@@ -266,6 +267,52 @@ def test_fused_derivative_kernel_matches_eager_formula(activation: str, monkeypa
     assert not FUSION.broken  # compiled, not fallen back
     kinds = {key[0][2] for key in FUSION._kernels if key[0][0] == ACTIVATIONS[activation].name}
     assert kinds == {True, False}  # both kernels ran
+
+
+DENSE_GRAPH_CASES = [
+    # (activation, hidden sizes, input shape, bias, input requires grad)
+    pytest.param("relu", [32, 24], (64, 16), True, False, id="relu-2d"),
+    pytest.param("tanh", [32], (4, 16, 16), True, True, id="tanh-3d-grad-input"),
+    pytest.param("sigmoid", [32], (64, 16), False, True, id="sigmoid-no-bias"),
+    pytest.param("gelu", [32, 32], (64, 16), True, False, id="gelu-saves-z"),
+    pytest.param("leaky_relu", [32], (16,), True, True, id="leaky-relu-unbatched"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("activation", "hidden", "shape", "bias", "input_grad"), DENSE_GRAPH_CASES)
+def test_dense_stack_compiled_graphs_match_op_by_op(
+    activation: str,
+    hidden: list[int],
+    shape: tuple[int, ...],
+    bias: bool,
+    input_grad: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stack's forward and backward as compiled graphs (``FUSION.dense``): the same outputs and
+    gradients as the layers run op by op (to the last bits the fused loops may round differently)."""
+    from manualgrad.activations import FUSION
+
+    monkeypatch.setattr(FUSION, "min_numel", 0)
+    torch.manual_seed(0)
+    net = mnn.MLP(16, hidden, 4, activation=activation, bias=bias)
+    x = torch.randn(*shape, requires_grad=input_grad)
+    g = torch.randn(*shape[:-1], 4)
+    inputs = [x, *net.parameters()] if input_grad else list(net.parameters())
+
+    def run() -> list[torch.Tensor]:
+        y = net(x)
+        return [y, *torch.autograd.grad(y, inputs, g)]
+
+    FUSION._kernels.clear()
+    fused = run()
+    kinds = {key[0][0] for key in FUSION._kernels}
+    assert {"dense_forward", "dense_backward"} <= kinds  # both graphs compiled and ran
+    monkeypatch.setattr(FUSION, "enabled", False)
+    eager = run()
+    for a, b in zip(fused, eager, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not FUSION.broken
 
 
 @pytest.mark.slow

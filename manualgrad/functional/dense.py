@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from manualgrad.activations import Activation
+from manualgrad.activations import FUSION, Activation
 
 from ._common import ManualFunction, check_same_device_dtype, forward_ad_enabled, in_dtype, shape_str
 
@@ -122,27 +122,18 @@ class DenseStack(ManualFunction):
     the output only where the last activation's derivative needs it. With ``save_dtype`` (e.g.
     ``torch.bfloat16``) the hidden tensors are saved in that compact dtype: less memory, slightly
     rounded gradients, first-order gradients only.
+
+    On CPU, from ``FUSION.min_numel`` elements in the widest layer on, the forward and the
+    first-order backward each run as one compiled graph of these same formulas
+    (:data:`~manualgrad.activations.FUSION`; ``FUSION.dense = False`` turns it off); elsewhere
+    (double backward, functorch, ``torch.compile``, CUDA, small layers) they run op by op.
     """
 
     @staticmethod
     def forward(
         x: Tensor, plan: tuple[Layer, ...], save_dtype: torch.dtype | None, *params: Tensor | None
     ) -> tuple[Tensor, ...]:
-        h = x
-        hidden: list[Tensor] = []
-        last = len(plan) - 1
-        for i, (act, p) in enumerate(plan):
-            z = linear_forward(h, params[2 * i], params[2 * i + 1])  # type: ignore[arg-type]
-            if act is None:
-                h = z
-            elif act.saves == "output":
-                h = act.apply_(z, *p)  # z is fresh: nobody else sees it before it is overwritten
-            else:
-                hidden.append(z)
-                h = act.forward(z, *p)
-            if i < last:
-                hidden.append(h)
-        return (h, *hidden)
+        return _fused_forward(x, plan, params) or _forward(x, plan, params)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
@@ -175,39 +166,14 @@ class DenseStack(ManualFunction):
             )
         x, weights, out, hidden = DenseStack._unpack(ctx)
         plan, slots, needs = ctx.plan, ctx.slots, ctx.needs_input_grad
-        grads: list[Tensor | None] = [None] * (3 + 2 * len(plan))
-        # g is dC/da of the current layer; it becomes δ = dC/dz, then dC/da of the layer below.
-        g = None if grad_output is None else rows(grad_output)
+        if grad_output is not None and all(g is None for g in grad_hidden):
+            fused = _fused_backward(plan, slots, needs, grad_output, x, weights, out, hidden)
+            if fused is not None:
+                return fused
         # the g this backward made itself (a grad_input product) may be overwritten in place, unless
         # a graph of the backward is being recorded (double backward)
-        owned, may_overwrite = False, not torch.is_grad_enabled()
-        for i in range(len(plan) - 1, -1, -1):
-            act, p = plan[i]
-            z_slot, a_slot = slots[i]
-            if a_slot is not None and grad_hidden[a_slot] is not None:
-                g_a = rows(grad_hidden[a_slot])
-                g, owned = (g_a, False) if g is None else (g + g_a, True)
-            if act is not None and g is not None:
-                s = hidden[z_slot] if z_slot is not None else hidden[a_slot] if a_slot is not None else out
-                s = in_dtype(rows(s), g.dtype)
-                # δ = dC/da ⊙ σ'(z)
-                g = act.backward(g, s, *p, overwrite=owned and may_overwrite)
-                owned = True
-            if z_slot is not None and grad_hidden[z_slot] is not None:
-                g_z = rows(grad_hidden[z_slot])
-                g, owned = (g_z, False) if g is None else (g + g_z, True)
-            if g is None:
-                continue
-            h = in_dtype(rows(x if i == 0 else hidden[slots[i - 1][1]]), g.dtype)
-            if needs[3 + 2 * i]:
-                grads[3 + 2 * i] = grad_weight(g, h)
-            if needs[4 + 2 * i]:
-                grads[4 + 2 * i] = grad_bias(g)
-            if i > 0 or needs[0]:
-                g, owned = grad_input(g, in_dtype(weights[i], g.dtype)), True
-        if needs[0] and g is not None:
-            grads[0] = g.reshape(x.shape)
-        return tuple(grads)
+        may_overwrite = not torch.is_grad_enabled()
+        return _backward(plan, slots, needs, grad_output, grad_hidden, x, weights, out, hidden, may_overwrite)
 
     @staticmethod
     def tangent(
@@ -232,6 +198,135 @@ class DenseStack(ManualFunction):
                 h = rows(hidden[a_slot])
             dh = dz
         return (dh.reshape(ctx.out_shape), *hidden_t)  # type: ignore[union-attr,arg-type]
+
+
+def _forward(x: Tensor, plan: tuple[Layer, ...], params: tuple[Tensor | None, ...]) -> tuple[Tensor, ...]:
+    """``(output, *hidden)`` of :class:`DenseStack`: ``a_i = σ_i(a_{i-1} W_iᵀ + b_i)``, layer by layer."""
+    h = x
+    hidden: list[Tensor] = []
+    last = len(plan) - 1
+    for i, (act, p) in enumerate(plan):
+        z = linear_forward(h, params[2 * i], params[2 * i + 1])  # type: ignore[arg-type]
+        if act is None:
+            h = z
+        elif act.saves == "output":
+            h = act.apply_(z, *p)  # z is fresh: nobody else sees it before it is overwritten
+        else:
+            hidden.append(z)
+            h = act.forward(z, *p)
+        if i < last:
+            hidden.append(h)
+    return (h, *hidden)
+
+
+def _backward(
+    plan: tuple[Layer, ...],
+    slots: tuple[tuple[int | None, int | None], ...],
+    needs: tuple[bool, ...],
+    grad_output: Tensor | None,
+    grad_hidden: tuple[Tensor | None, ...],
+    x: Tensor,
+    weights: tuple[Tensor, ...],
+    out: Tensor | None,
+    hidden: tuple[Tensor, ...],
+    may_overwrite: bool,
+) -> tuple[Tensor | None, ...]:
+    """The gradients of :class:`DenseStack`'s inputs, layer by layer from the last (its ``backward``)."""
+    grads: list[Tensor | None] = [None] * (3 + 2 * len(plan))
+    # g is dC/da of the current layer; it becomes δ = dC/dz, then dC/da of the layer below.
+    g = None if grad_output is None else rows(grad_output)
+    owned = False  # whether g is this backward's own temporary (then it may be overwritten)
+    for i in range(len(plan) - 1, -1, -1):
+        act, p = plan[i]
+        z_slot, a_slot = slots[i]
+        g_a = None if a_slot is None else grad_hidden[a_slot]
+        if g_a is not None:
+            g_a = rows(g_a)
+            g, owned = (g_a, False) if g is None else (g + g_a, True)
+        if act is not None and g is not None:
+            s = hidden[z_slot] if z_slot is not None else hidden[a_slot] if a_slot is not None else out
+            s = in_dtype(rows(s), g.dtype)  # type: ignore[arg-type]
+            # δ = dC/da ⊙ σ'(z)
+            g = act.backward(g, s, *p, overwrite=owned and may_overwrite)
+            owned = True
+        g_z = None if z_slot is None else grad_hidden[z_slot]
+        if g_z is not None:
+            g_z = rows(g_z)
+            g, owned = (g_z, False) if g is None else (g + g_z, True)
+        if g is None:
+            continue
+        h = in_dtype(rows(x if i == 0 else hidden[slots[i - 1][1]]), g.dtype)  # type: ignore[index]
+        if needs[3 + 2 * i]:
+            grads[3 + 2 * i] = grad_weight(g, h)
+        if needs[4 + 2 * i]:
+            grads[4 + 2 * i] = grad_bias(g)
+        if i > 0 or needs[0]:
+            g, owned = grad_input(g, in_dtype(weights[i], g.dtype)), True
+    if needs[0] and g is not None:
+        grads[0] = g.reshape(x.shape)
+    return tuple(grads)
+
+
+def _fusable(x: Tensor, weights: tuple[Tensor, ...] | list[Tensor], tensors: tuple[Tensor, ...]) -> bool:
+    """Whether a stack on ``x`` runs as one compiled graph (:data:`~manualgrad.activations.FUSION`):
+    ``FUSION.dense`` on, ``FUSION.min_numel`` elements in the widest layer, and ``FUSION.usable``."""
+    n = x.shape[0] if x.dim() == 2 else math.prod(x.shape[:-1])
+    return FUSION.dense and n * max(w.shape[0] for w in weights) >= FUSION.min_numel and FUSION.usable(*tensors)
+
+
+def _fused_forward(x: Tensor, plan: tuple[Layer, ...], params: tuple[Tensor | None, ...]) -> tuple[Tensor, ...] | None:
+    """:func:`_forward` as one compiled graph, where :func:`_fusable`; ``None`` where not.
+
+    The matrix products stay torch's (the same ``addmm``); the activations become compiled loops
+    (TorchInductor's vectorised functions, e.g. a faster tanh than ATen's on AVX-512, within an ulp
+    of it) and the Python work of the layer loop goes away.
+    """
+    weights = params[0::2]
+    tensors = (x, *(p for p in params if p is not None))
+    if not _fusable(x, weights, tensors):  # type: ignore[arg-type]
+        return None
+    has = tuple(p is not None for p in params)
+
+    def formula(x: Tensor, *given: Tensor) -> tuple[Tensor, ...]:
+        it = iter(given)
+        return _forward(x, plan, tuple(next(it) if h else None for h in has))
+
+    fused = FUSION.kernel(("dense_forward", plan, has), formula, *tensors)
+    return None if fused is None else fused(*tensors)
+
+
+def _fused_backward(
+    plan: tuple[Layer, ...],
+    slots: tuple[tuple[int | None, int | None], ...],
+    needs: tuple[bool, ...],
+    grad_output: Tensor,
+    x: Tensor,
+    weights: tuple[Tensor, ...],
+    out: Tensor | None,
+    hidden: tuple[Tensor, ...],
+) -> tuple[Tensor | None, ...] | None:
+    """:func:`_backward` as one compiled graph, where :func:`_fusable`; ``None`` where not.
+
+    The same formulas, traced: the matrix products stay torch's, the activation derivatives and bias
+    sums become fused loops, and the whole backward is one call instead of a dozen Python-dispatched
+    ops (their dispatch costs about as much as a small layer's arithmetic).
+    """
+    tensors = (grad_output, x, *weights, *hidden) if out is None else (grad_output, x, *weights, out, *hidden)
+    if not _fusable(x, weights, tensors):
+        return None
+    n_layers, has_out = len(plan), out is not None
+
+    def formula(g: Tensor, x: Tensor, *t: Tensor) -> tuple[Tensor, ...]:
+        ws, rest = t[:n_layers], t[n_layers:]
+        o, hs = (rest[0], rest[1:]) if has_out else (None, rest)
+        grads = _backward(plan, slots, needs, g, (None,) * len(hs), x, ws, o, hs, True)
+        return tuple(g for g in grads if g is not None)
+
+    fused = FUSION.kernel(("dense_backward", plan, needs), formula, *tensors)
+    if fused is None:
+        return None
+    computed = iter(fused(*tensors))
+    return tuple(next(computed) if need else None for need in needs)
 
 
 def _fits(features: int, dtype: torch.dtype, device: torch.device, weight: Tensor, bias: Tensor | None) -> bool:

@@ -761,7 +761,7 @@ class CrossEntropyIndices(ManualFunction):
         if FUSION.usable(grad_loss, x, target):  # one fused CPU kernel instead of a dozen tiny ones
             fused = FUSION.kernel(("cross_entropy", red, ignore_index), formula, grad_loss, x, target)
             if fused is not None:
-                return fused(grad_loss, x, target), None, None, None
+                return fused(grad_loss, x, target)[0], None, None, None
         return formula(grad_loss, x, target), None, None, None
 
     @staticmethod
