@@ -17,6 +17,9 @@ gradcheck, parity, state-dict, compile and autocast cases. Adding an activation 
 
 The ``grad`` functions also serve forward mode: an elementwise Jacobian is diagonal, so the
 tangent of the output is ``grad(tangent_of_input, saved, *params)``.
+
+:data:`FUSION` compiles these same formulas (and, inside a dense stack, the forward too) into
+fused CPU kernels where that is safe; see :class:`_Fusion`.
 """
 
 from __future__ import annotations
@@ -192,10 +195,10 @@ class _Fusion:
     def kernel(
         self, key: tuple[Any, ...], formula: Callable[..., Tensor | tuple[Tensor, ...]], *example: Tensor
     ) -> Callable[..., tuple[Tensor, ...]] | None:
-        """``formula`` compiled for the shapes and dtypes of ``example`` (``key`` names everything else
+        """``formula`` compiled for the shapes, strides and dtypes of ``example`` (``key`` names everything else
         the formula depends on), on first use; ``None`` where there is none (too many kernels,
         compiling failed). The kernel returns the formula's tensors as a tuple."""
-        full_key = (key, *((t.shape, t.dtype) for t in example))
+        full_key = (key, *((t.shape, t.stride(), t.dtype) for t in example))
         fn = self._kernels.get(full_key)
         if fn is None and len(self._kernels) < self.max_kernels:
             fn = self._compile(formula, example)

@@ -315,6 +315,23 @@ def test_dense_stack_compiled_graphs_match_op_by_op(
     assert not FUSION.broken
 
 
+def test_lone_linear_and_dense_off_stay_op_by_op(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lone Linear is one torch op already, and ``FUSION.dense = False`` turns the graphs off:
+    neither compiles a dense graph (and gives torch's exact results)."""
+    from manualgrad.activations import FUSION
+
+    monkeypatch.setattr(FUSION, "min_numel", 0)
+    FUSION._kernels.clear()
+    x, w = torch.randn(8, 6, requires_grad=True), torch.randn(4, 6, requires_grad=True)
+    MF.linear(x, w).sum().backward()
+    monkeypatch.setattr(FUSION, "dense", False)
+    net = _two_layer("tanh", fused=True, dtype=torch.float32)
+    y = net(x)
+    y.sum().backward()
+    assert not any(key[0][0].startswith("dense") for key in FUSION._kernels)
+    assert torch.equal(y, _two_layer("tanh", fused=False, dtype=torch.float32)(x))
+
+
 @pytest.mark.slow
 def test_fused_kernels_stay_out_of_batched_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
     """``is_grads_batched`` hands the backward batched tensors that look plain: no fused kernel then."""

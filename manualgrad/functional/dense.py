@@ -267,11 +267,16 @@ def _backward(
     return tuple(grads)
 
 
-def _fusable(x: Tensor, weights: tuple[Tensor, ...] | list[Tensor], tensors: tuple[Tensor, ...]) -> bool:
+def _fusable(
+    plan: tuple[Layer, ...], x: Tensor, weights: tuple[Tensor, ...] | list[Tensor], tensors: tuple[Tensor, ...]
+) -> bool:
     """Whether a stack on ``x`` runs as one compiled graph (:data:`~manualgrad.activations.FUSION`):
-    ``FUSION.dense`` on, ``FUSION.min_numel`` elements in the widest layer, and ``FUSION.usable``."""
+    ``FUSION.dense`` on, more than a lone Linear (whose forward is one torch op already),
+    ``FUSION.min_numel`` elements in the widest layer, and ``FUSION.usable``."""
+    if not FUSION.dense or (len(plan) == 1 and plan[0][0] is None):
+        return False
     n = x.shape[0] if x.dim() == 2 else math.prod(x.shape[:-1])
-    return FUSION.dense and n * max(w.shape[0] for w in weights) >= FUSION.min_numel and FUSION.usable(*tensors)
+    return n * max(w.shape[0] for w in weights) >= FUSION.min_numel and FUSION.usable(*tensors)
 
 
 def _fused_forward(x: Tensor, plan: tuple[Layer, ...], params: tuple[Tensor | None, ...]) -> tuple[Tensor, ...] | None:
@@ -283,7 +288,7 @@ def _fused_forward(x: Tensor, plan: tuple[Layer, ...], params: tuple[Tensor | No
     """
     weights = params[0::2]
     tensors = (x, *(p for p in params if p is not None))
-    if not _fusable(x, weights, tensors):  # type: ignore[arg-type]
+    if not _fusable(plan, x, weights, tensors):  # type: ignore[arg-type]
         return None
     has = tuple(p is not None for p in params)
 
@@ -312,7 +317,7 @@ def _fused_backward(
     ops (their dispatch costs about as much as a small layer's arithmetic).
     """
     tensors = (grad_output, x, *weights, *hidden) if out is None else (grad_output, x, *weights, out, *hidden)
-    if not _fusable(x, weights, tensors):
+    if not _fusable(plan, x, weights, tensors):
         return None
     n_layers, has_out = len(plan), out is not None
 
