@@ -52,7 +52,7 @@ def test_compile_traces_past_the_fused_kernel_switch(monkeypatch: pytest.MonkeyP
     import warnings
 
     import manualgrad.functional as MF
-    from manualgrad.activations import FUSION
+    from manualgrad.fusion import FUSION
 
     monkeypatch.setattr(FUSION, "min_numel", 0)
     monkeypatch.setattr(FUSION, "min_numel_simple", 0)

@@ -242,7 +242,7 @@ def test_fused_derivative_kernel_matches_eager_formula(activation: str, monkeypa
     """First-order backwards run the registry formula compiled into one loop: the same values, both
     the kernel writing into the backward's own δ (hidden layers) and the one that allocates
     (a lone activation, whose grad_output belongs to someone else)."""
-    from manualgrad.activations import FUSION
+    from manualgrad.fusion import FUSION
 
     monkeypatch.setattr(FUSION, "min_numel", 0)
     monkeypatch.setattr(FUSION, "min_numel_simple", 0)
@@ -291,7 +291,7 @@ def test_dense_stack_compiled_graphs_match_op_by_op(
 ) -> None:
     """A stack's forward and backward as compiled graphs (``FUSION.dense``): the same outputs and
     gradients as the layers run op by op (to the last bits the fused loops may round differently)."""
-    from manualgrad.activations import FUSION
+    from manualgrad.fusion import FUSION
 
     monkeypatch.setattr(FUSION, "min_numel", 0)
     torch.manual_seed(0)
@@ -318,7 +318,7 @@ def test_dense_stack_compiled_graphs_match_op_by_op(
 def test_lone_linear_and_dense_off_stay_op_by_op(monkeypatch: pytest.MonkeyPatch) -> None:
     """A lone Linear is one torch op already, and ``FUSION.dense = False`` turns the graphs off:
     neither compiles a dense graph (and gives torch's exact results)."""
-    from manualgrad.activations import FUSION
+    from manualgrad.fusion import FUSION
 
     monkeypatch.setattr(FUSION, "min_numel", 0)
     FUSION._kernels.clear()
@@ -335,7 +335,7 @@ def test_lone_linear_and_dense_off_stay_op_by_op(monkeypatch: pytest.MonkeyPatch
 @pytest.mark.slow
 def test_fused_kernels_stay_out_of_batched_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
     """``is_grads_batched`` hands the backward batched tensors that look plain: no fused kernel then."""
-    from manualgrad.activations import FUSION
+    from manualgrad.fusion import FUSION
 
     monkeypatch.setattr(FUSION, "min_numel", 0)
     torch.manual_seed(0)
@@ -354,7 +354,7 @@ def test_fused_kernels_stay_out_of_batched_gradients(monkeypatch: pytest.MonkeyP
 @pytest.mark.slow
 def test_fused_cross_entropy_matches_eager_formula(monkeypatch: pytest.MonkeyPatch) -> None:
     """The cross-entropy gradient compiled into one kernel: the same values, ignored targets included."""
-    from manualgrad.activations import FUSION
+    from manualgrad.fusion import FUSION
 
     torch.manual_seed(0)
     x, y = torch.randn(16, 5, requires_grad=True), torch.tensor([0, -100, 4, 2] * 4)

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from manualgrad.activations import FUSION, Activation
+from manualgrad.activations import Activation
+from manualgrad.fusion import FUSION
 
 from ._common import ManualFunction, check_same_device_dtype, forward_ad_enabled, in_dtype, shape_str
 
@@ -125,7 +126,7 @@ class DenseStack(ManualFunction):
 
     On CPU, from ``FUSION.min_numel`` elements in the widest layer on, the forward and the
     first-order backward each run as one compiled graph of these same formulas
-    (:data:`~manualgrad.activations.FUSION`; ``FUSION.dense = False`` turns it off); elsewhere
+    (:data:`~manualgrad.fusion.FUSION`; ``FUSION.dense = False`` turns it off); elsewhere
     (double backward, functorch, ``torch.compile``, CUDA, small layers) they run op by op.
     """
 
@@ -270,7 +271,7 @@ def _backward(
 def _fusable(
     plan: tuple[Layer, ...], x: Tensor, weights: tuple[Tensor, ...] | list[Tensor], tensors: tuple[Tensor, ...]
 ) -> bool:
-    """Whether a stack on ``x`` runs as one compiled graph (:data:`~manualgrad.activations.FUSION`):
+    """Whether a stack on ``x`` runs as one compiled graph (:data:`~manualgrad.fusion.FUSION`):
     ``FUSION.dense`` on, more than a lone Linear (whose forward is one torch op already),
     ``FUSION.min_numel`` elements in the widest layer, and ``FUSION.usable``."""
     if not FUSION.dense or (len(plan) == 1 and plan[0][0] is None):

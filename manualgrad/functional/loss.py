@@ -46,7 +46,7 @@ from torch import Tensor
 from torch.nn import _reduction as _Reduction
 from torch.nn import functional as F
 
-from manualgrad.activations import FUSION
+from manualgrad.fusion import FUSION
 
 from ._common import ManualFunction, forward_ad_enabled, in_dtype
 

@@ -1,0 +1,161 @@
+"""Fused CPU kernels compiled from manualgrad's own formulas: :data:`FUSION`.
+
+A formula (an activation derivative of the registry, the cross-entropy gradient, a dense stack's
+whole forward or backward) is traced to an FX graph with ``make_fx``, compiled by TorchInductor for
+one set of input shapes, and called straight. The formulas stay the Python functions that also run
+op by op; this module only decides where their compiled form may replace them, and compiles it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch._C._functorch import is_legacy_batchedtensor as _is_legacy_batched
+from torch._C._functorch import maybe_current_level as _functorch_level
+
+__all__ = ["FUSION"]
+
+
+class _Fusion:
+    """Compiles manualgrad's formulas into fused CPU kernels with TorchInductor.
+
+    Used only where nothing needs the op-by-op graph: no grad mode (so not double backward), no
+    autocast, no functorch transform or batched gradients, not already inside ``torch.compile``,
+    contiguous CPU tensors. A kernel is a formula traced to an FX graph (``make_fx``) and compiled
+    by TorchInductor for one set of input shapes and dtypes, then called straight (see
+    :func:`_direct_call`): TorchDynamo's frame evaluation and guards (``torch.compile``'s per-call
+    cost, tens of µs) would eat the gain on small tensors. Each new shape compiles once, one to a
+    few seconds with a warm inductor cache; after ``max_kernels`` kernels new shapes run eagerly.
+
+    Users:
+
+    * :class:`~manualgrad.functional.dense.DenseStack` (``Linear → activation`` runs, the MLP):
+      its forward and its backward each become one compiled graph: the matrix products stay
+      torch's, the activations, their derivatives and the bias sums become fused loops, and the
+      per-layer Python work goes away;
+    * the activation derivatives of the registry elsewhere (:meth:`Activation.backward`; written
+      into ``grad_output`` where the backward owns that buffer, since a fresh large buffer costs
+      page faults on every step);
+    * the cross-entropy gradient (:class:`manualgrad.functional.loss.CrossEntropyIndices`).
+
+    Settings: ``enabled = False`` uses the eager formulas everywhere; ``dense = False`` keeps the
+    dense stack op by op; ``min_numel`` is the size from which stacks (counted in their widest
+    layer) and multi-op activation formulas (GELU, SiLU, ...) are fused, ``min_numel_simple`` the
+    size for the one- or two-kernel ones with an in-place ``grad_`` (ReLU, Sigmoid, Tanh). A
+    machine where compiling fails (no C++ compiler) uses the eager formulas after one warning.
+    """
+
+    def __init__(self) -> None:
+        self.enabled = True
+        self.dense = True
+        self.min_numel = 1 << 12
+        self.min_numel_simple = 1 << 18
+        self.max_kernels = 64
+        self.broken = False  # compiling failed once: stay eager
+        self._tracing = False  # a formula is being traced: its inner formulas run as they are
+        self._kernels: dict[tuple[Any, ...], Callable[..., tuple[Tensor, ...]]] = {}
+
+    def usable(self, *tensors: Tensor) -> bool:
+        """Whether a fused kernel may replace the eager formula on these inputs, here and now."""
+        return (
+            self.enabled
+            and not torch.compiler.is_compiling()  # first: TorchDynamo folds it and traces no further
+            and not self.broken
+            and not self._tracing
+            and tensors[0].device.type == "cpu"
+            and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu")
+            and _functorch_level() is None
+            and all(t.is_contiguous() and not _is_legacy_batched(t) for t in tensors)
+        )
+
+    def kernel(
+        self, key: tuple[Any, ...], formula: Callable[..., Tensor | tuple[Tensor, ...]], *example: Tensor
+    ) -> Callable[..., tuple[Tensor, ...]] | None:
+        """``formula`` compiled for the shapes, strides and dtypes of ``example`` (``key`` names everything else
+        the formula depends on), on first use; ``None`` where there is none (too many kernels,
+        compiling failed). The kernel returns the formula's tensors as a tuple."""
+        full_key = (key, *((t.shape, t.stride(), t.dtype) for t in example))
+        fn = self._kernels.get(full_key)
+        if fn is None and len(self._kernels) < self.max_kernels:
+            fn = self._compile(formula, example)
+            if fn is not None:
+                self._kernels[full_key] = fn
+        return fn
+
+    def _compile(
+        self, formula: Callable[..., Tensor | tuple[Tensor, ...]], example: tuple[Tensor, ...]
+    ) -> Callable[..., tuple[Tensor, ...]] | None:
+        from torch._inductor.compile_fx import compile_fx, compile_fx_inner
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        def as_tuple(*args: Tensor) -> tuple[Tensor, ...]:
+            out = formula(*args)
+            return out if isinstance(out, tuple) else (out,)
+
+        inputs: list[Any] = [torch.empty_like(t) for t in example]
+        graphs: list[Any] = []
+
+        def inner_compile(gm: Any, example_inputs: Any, **kwargs: Any) -> Any:
+            graphs.append(compile_fx_inner(gm, example_inputs, **kwargs))  # keep the compiled graph
+            return graphs[-1]
+
+        try:
+            self._tracing = True
+            try:
+                graph = make_fx(as_tuple)(*inputs)
+            finally:
+                self._tracing = False
+            # parallel loops from 2 x 4096 elements on (torch's own kernels split at 32768)
+            options = {"cpp.min_chunk_size": 1 << 12}
+            compiled: Any = compile_fx(graph, inputs, inner_compile=inner_compile, config_patches=options)
+            return _direct_call(compiled, graphs, example)  # a first call: this torch's convention fails here
+        except Exception as err:  # no C++ compiler, or any other compiler failure
+            warnings.warn(f"manualgrad: fused derivative kernels unavailable ({err!r}); using eager ops", stacklevel=4)
+            self.broken = True
+            return None
+
+
+def _direct_call(
+    compiled: Callable[..., tuple[Tensor, ...]], graphs: list[Any], example: tuple[Tensor, ...]
+) -> Callable[..., tuple[Tensor, ...]]:
+    """The compiled graph called straight, without the half-dozen Python wrapper layers (TorchDynamo's
+    frame guard, AOTAutograd's runtime wrapper, output unflattening) that ``compiled`` goes through.
+
+    Those layers cost 4 µs a call warm and tens of µs right after large matrix products (cold caches),
+    more than a small kernel itself. The direct call is used only if, on copies of ``example``, it
+    returns and writes exactly what ``compiled`` does; ``compiled`` itself otherwise.
+    """
+    run = getattr(graphs[0], "current_callable", None) if len(graphs) == 1 else None
+
+    def direct(*args: Tensor) -> tuple[Tensor, ...]:
+        return tuple(run([*args]))  # type: ignore[misc]  # ``run`` takes (and empties) a list
+
+    a = [t.clone() for t in example]
+    b = [t.clone() for t in example]
+    expected = compiled(*a)  # the official way; raises where this torch calls it differently
+    if run is None:
+        return compiled
+    try:
+        got = direct(*b)
+    except Exception:
+        return compiled
+    aliases = [[e.data_ptr() == t.data_ptr() for t in a] for e in expected]
+    same = (
+        len(got) == len(expected)
+        and all(_identical(x, y) for x, y in zip((*expected, *a), (*got, *b), strict=True))
+        and aliases == [[o.data_ptr() == t.data_ptr() for t in b] for o in got]
+    )
+    return direct if same else compiled
+
+
+def _identical(x: Tensor, y: Tensor) -> bool:
+    return x.shape == y.shape and x.dtype == y.dtype and torch.allclose(x, y, rtol=0, atol=0, equal_nan=True)
+
+
+FUSION = _Fusion()
+"""The fused kernels and their settings (``FUSION.enabled``, ``FUSION.dense``, ``FUSION.min_numel``, ...)."""
