@@ -115,7 +115,7 @@ class _Fusion:
             compiled: Any = compile_fx(graph, inputs, inner_compile=inner_compile, config_patches=options)
             return _direct_call(compiled, graphs, example)  # a first call: this torch's convention fails here
         except Exception as err:  # no C++ compiler, or any other compiler failure
-            warnings.warn(f"manualgrad: fused derivative kernels unavailable ({err!r}); using eager ops", stacklevel=4)
+            warnings.warn(f"manualgrad: fused kernels unavailable ({err!r}); using eager ops", stacklevel=4)
             self.broken = True
             return None
 

@@ -345,7 +345,7 @@ def test_fused_kernels_stay_out_of_batched_gradients(monkeypatch: pytest.MonkeyP
     v = torch.randn(3)
     (one,) = torch.autograd.grad(loss, x, retain_graph=True)  # compiles the kernels for these shapes
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no "fused derivative kernels unavailable"
+        warnings.simplefilter("error")  # no "fused kernels unavailable"
         (batched,) = torch.autograd.grad(loss, x, v, is_grads_batched=True, retain_graph=True)
     torch.testing.assert_close(batched, v.view(3, 1, 1) * one, rtol=1e-5, atol=1e-7)
     assert not FUSION.broken
