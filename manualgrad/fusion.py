@@ -37,7 +37,8 @@ class _Fusion:
       its forward and its backward each become one compiled graph: the matrix products stay
       torch's, the activations, their derivatives and the bias sums become fused loops, and the
       per-layer Python work goes away;
-    * the activation derivatives of the registry elsewhere (:meth:`Activation.backward`; written
+    * the activation derivatives of the registry elsewhere
+      (:meth:`~manualgrad.activations.Activation.backward`; written
       into ``grad_output`` where the backward owns that buffer, since a fresh large buffer costs
       page faults on every step);
     * the cross-entropy gradient (:class:`manualgrad.functional.loss.CrossEntropyIndices`).
