@@ -57,6 +57,7 @@ from torch import Tensor, nn
 import manualgrad
 import manualgrad.nn as mnn
 from manualgrad.activations import ACTIVATIONS as _REGISTRY
+from manualgrad.fusion import FUSION
 
 __all__ = [
     "Cell",
@@ -75,7 +76,9 @@ __all__ = [
 MODELS: tuple[str, ...] = ("784-256-256-10", "784-1024-1024-10")
 ACTIVATIONS: tuple[str, ...] = ("relu", "sigmoid", "tanh", "gelu")
 BATCHES: tuple[int, ...] = (128, 1024)
-MODES: tuple[str, ...] = ("eager", "compile")
+MODES: tuple[str, ...] = ("eager", "compile", "hand")
+"""``eager``: ``manualgrad.convert`` (fused ``mnn.Sequential``); ``compile``: both sides
+``torch.compile``-d; ``hand``: a plain ``nn.Sequential`` of ``mnn`` layers, composed by hand (no fusion)."""
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SIDES: tuple[str, ...] = ("native", "manualgrad", "gemm")
 LR, MOMENTUM = 0.01, 0.9
@@ -96,7 +99,7 @@ class Cell:
     model: str  # layer sizes, "784-256-256-10"
     act: str
     batch: int
-    mode: str  # "eager" or "compile"
+    mode: str  # "eager", "compile" or "hand"
 
     @property
     def sizes(self) -> list[int]:
@@ -172,9 +175,25 @@ def build_native(
     return nn.Sequential(*layers)
 
 
-def build_pair(sizes: Sequence[int], act: str, device: torch.device) -> tuple[nn.Module, nn.Module]:
-    """The native MLP and its ``manualgrad.convert``-ed deep copy (the same weights)."""
+def build_hand(native: nn.Sequential) -> nn.Sequential:
+    """``native`` composed by hand from ``mnn`` layers: a plain ``nn.Sequential`` (no fusion), the same weights."""
+    layers: list[nn.Module] = []
+    for m in native:
+        if isinstance(m, nn.Linear):
+            twin = mnn.Linear(m.in_features, m.out_features, m.bias is not None, device=m.weight.device)
+            twin.load_state_dict(m.state_dict())
+            layers.append(twin)
+        else:
+            layers.append(getattr(mnn, type(m).__name__)())
+    return nn.Sequential(*layers)
+
+
+def build_pair(sizes: Sequence[int], act: str, device: torch.device, hand: bool = False) -> tuple[nn.Module, nn.Module]:
+    """The native MLP and its ``manualgrad.convert``-ed deep copy (the same weights); with ``hand``,
+    the copy is composed by hand instead (:func:`build_hand`)."""
     native = build_native(sizes, act, device)
+    if hand:
+        return native, build_hand(native)
     mg = manualgrad.convert(copy.deepcopy(native))
     if not isinstance(mg, mnn.Sequential):
         raise RuntimeError(f"manualgrad.convert gave {type(mg).__name__}, expected mnn.Sequential")
@@ -312,6 +331,7 @@ class Budget:
     max_rounds: int = 1000
     warmup: int = 5  # steps per side before timing (compilation happens here)
     sample_ms: float = 10.0  # target length of one timed sample (sets ``inner``)
+    patience: float | None = None  # FUSION.patience (0: compile at first use); None: the library's
 
 
 Times = dict[str, list[float]]
@@ -368,7 +388,9 @@ def _median_ratio(num: list[float], den: list[float]) -> float:
 def run_cell(cell: Cell, budget: Budget) -> Row:
     """Build, check, measure and describe one cell."""
     device = torch.device(cell.device)
-    native, mg = build_pair(cell.sizes, cell.act, device)
+    if budget.patience is not None:
+        FUSION.patience = budget.patience
+    native, mg = build_pair(cell.sizes, cell.act, device, hand=cell.mode == "hand")
     x, y = make_batch(cell, device)
     check_same_outputs(native, mg, x)
     compiled = cell.mode == "compile"
@@ -542,6 +564,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--sample-ms", type=float, default=10.0, help="target ms per timed sample")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N)")
     p.add_argument(
+        "--patience",
+        type=float,
+        default=None,
+        help="FUSION.patience: 0 compiles manualgrad's kernels at first use, so the warm-up reaches the "
+        "steady state of a long fixed-shape run (default: the library's break-even rule)",
+    )
+    p.add_argument(
         "--only",
         action="append",
         default=[],
@@ -586,7 +615,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     if "cuda" in devices and not torch.cuda.is_available():
         raise SystemExit("--devices cuda: no CUDA device available")
-    budget = Budget(args.rounds, args.min_time, args.max_rounds, args.warmup, args.sample_ms)
+    budget = Budget(args.rounds, args.min_time, args.max_rounds, args.warmup, args.sample_ms, args.patience)
     selected = cells(devices, args.models, args.acts, args.batches, args.modes, args.only)
     if not selected:
         raise SystemExit("no cell matches --only")

@@ -115,19 +115,18 @@ class Activation:
         * ``overwrite``: ``g`` is the backward's own temporary, so the result may be written into it.
         * a first-order backward on CPU, from ``FUSION.min_numel`` elements on (larger for the
           one- or two-kernel formulas that have ``grad_``), runs ``grad`` compiled into one fused
-          loop (:data:`FUSION`): the formula then reads and writes memory once, like torch's
-          hand-written kernels, instead of once per step (GELU's formula is a dozen steps).
+          loop (:data:`FUSION`) once that shape has paid for its compile: the formula then reads
+          and writes memory once, like torch's hand-written kernels, instead of once per step
+          (GELU's formula is a dozen steps).
         * otherwise ``grad_`` (when ``overwrite``) or ``grad`` itself, op by op (also for double
           backward, vmap, forward AD and inside ``torch.compile``).
         """
+        eager = self.grad_ if overwrite and self.grad_ is not None else self.grad
         min_numel = FUSION.min_numel if self.grad_ is None else FUSION.min_numel_simple
         if g.numel() >= min_numel and g.shape == saved.shape and g.dtype == saved.dtype and FUSION.usable(g, saved):
-            fused = FUSION.kernel((self.name, params, overwrite), self._formula(params, overwrite), g, saved)
-            if fused is not None:
-                return fused(g, saved)[0]
-        if overwrite and self.grad_ is not None:
-            return self.grad_(g, saved, *params)
-        return self.grad(g, saved, *params)
+            key, formula = (self.name, params, overwrite), self._formula(params, overwrite)
+            return FUSION.run(key, formula, g, saved, gain=0.5, eager=_bind(eager, params))[0]
+        return eager(g, saved, *params)
 
     def _formula(self, params: tuple[Any, ...], into: bool) -> Callable[[Tensor, Tensor], Tensor]:
         """``grad`` with fixed params, as :data:`FUSION` compiles it (``into``: written into ``g``)."""
@@ -137,6 +136,11 @@ class Activation:
             return g.copy_(out) if into else out
 
         return formula
+
+
+def _bind(grad: Callable[..., Tensor], params: tuple[Any, ...]) -> Callable[[Tensor, Tensor], Tensor]:
+    """``grad`` with its activation params fixed."""
+    return lambda g, saved: grad(g, saved, *params)
 
 
 # ---------------------------------------------------------------------------------------------

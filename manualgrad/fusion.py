@@ -8,6 +8,7 @@ op by op; this module only decides where their compiled form may replace them, a
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -28,8 +29,10 @@ class _Fusion:
     contiguous CPU tensors. A kernel is a formula traced to an FX graph (``make_fx``) and compiled
     by TorchInductor for one set of input shapes and dtypes, then called straight (see
     :func:`_direct_call`): TorchDynamo's frame evaluation and guards (``torch.compile``'s per-call
-    cost, tens of µs) would eat the gain on small tensors. Each new shape compiles once, one to a
-    few seconds with a warm inductor cache; after ``max_kernels`` kernels new shapes run eagerly.
+    cost, tens of µs) would eat the gain on small tensors. A compile costs one to a few seconds a
+    shape (more for the first one in a process), so a shape is compiled only once it has paid for
+    that (:meth:`run`: the break-even rule); until then, and for shapes that do not come back, the
+    eager formulas run. After ``max_kernels`` kernels new shapes run eagerly.
 
     Users:
 
@@ -46,8 +49,10 @@ class _Fusion:
     Settings: ``enabled = False`` uses the eager formulas everywhere; ``dense = False`` keeps the
     dense stack op by op; ``min_numel`` is the size from which stacks (counted in their widest
     layer) and multi-op activation formulas (GELU, SiLU, ...) are fused, ``min_numel_simple`` the
-    size for the one- or two-kernel ones with an in-place ``grad_`` (ReLU, Sigmoid, Tanh). A
-    machine where compiling fails (no C++ compiler) uses the eager formulas after one warning.
+    size for the one- or two-kernel ones with an in-place ``grad_`` (ReLU, Sigmoid, Tanh);
+    ``patience`` scales the break-even rule (``0``: compile every shape at first use, as before a
+    long fixed-shape run; larger: compile later). A machine where compiling fails (no C++
+    compiler) uses the eager formulas after one warning.
     """
 
     def __init__(self) -> None:
@@ -56,9 +61,13 @@ class _Fusion:
         self.min_numel = 1 << 12
         self.min_numel_simple = 1 << 18
         self.max_kernels = 64
+        self.patience = 1.0  # scales the break-even rule (0: compile at first use)
+        self.compile_seconds = 2.0  # what one compile costs here: the running mean of those done
         self.broken = False  # compiling failed once: stay eager
         self._tracing = False  # a formula is being traced: its inner formulas run as they are
         self._kernels: dict[tuple[Any, ...], Callable[..., tuple[Tensor, ...]]] = {}
+        self._eager_seconds: dict[tuple[Any, ...], float] = {}  # per shape, while not compiled
+        self._compiles: list[float] = []  # seconds each compile took
 
     def usable(self, *tensors: Tensor) -> bool:
         """Whether a fused kernel may replace the eager formula on these inputs, here and now."""
@@ -74,18 +83,54 @@ class _Fusion:
             and all(t.is_contiguous() and not _is_legacy_batched(t) for t in tensors)
         )
 
-    def kernel(
-        self, key: tuple[Any, ...], formula: Callable[..., Tensor | tuple[Tensor, ...]], *example: Tensor
-    ) -> Callable[..., tuple[Tensor, ...]] | None:
-        """``formula`` compiled for the shapes, strides and dtypes of ``example`` (``key`` names everything else
-        the formula depends on), on first use; ``None`` where there is none (too many kernels,
-        compiling failed). The kernel returns the formula's tensors as a tuple."""
-        full_key = (key, *((t.shape, t.stride(), t.dtype) for t in example))
+    def run(
+        self,
+        key: tuple[Any, ...],
+        formula: Callable[..., Tensor | tuple[Tensor, ...]],
+        *args: Tensor,
+        gain: float,
+        eager: Callable[..., Tensor | tuple[Tensor, ...]] | None = None,
+    ) -> tuple[Tensor, ...]:
+        """``formula(*args)`` as a tuple: by its compiled kernel where there is one, else eagerly.
+
+        ``key`` names everything the formula depends on besides the shapes, strides and dtypes of
+        ``args``; ``eager`` computes the same formula op by op (default: ``formula`` itself);
+        ``gain`` is the fraction of the eager time a kernel saves (about 0.1 for a dense stack,
+        whose matrix products stay the same, more for elementwise formulas).
+
+        A shape is compiled only once it has paid for its compile (the break-even rule of renting
+        against buying): when the time a kernel would have saved so far, ``gain`` × the eager
+        seconds spent on that shape, reaches what a compile costs (``compile_seconds``, the mean
+        of the compiles done so far, × ``patience``). Until then, and for shapes that never come
+        back (a new batch size at every step), the eager formula runs and no call waits on a
+        compile; a shape that repeats pays at most about twice what compiling it at once, or
+        never, would have cost.
+        """
+        full_key = (key, *((t.shape, t.stride(), t.dtype) for t in args))
         fn = self._kernels.get(full_key)
-        if fn is None and len(self._kernels) < self.max_kernels:
-            fn = self._compile(formula, example)
+        if fn is not None:
+            return fn(*args)
+        spent = self._eager_seconds.get(full_key, 0.0)
+        if gain * spent >= self.patience * self.compile_seconds and len(self._kernels) < self.max_kernels:
+            fn = self._timed_compile(formula, args)
             if fn is not None:
                 self._kernels[full_key] = fn
+                self._eager_seconds.pop(full_key, None)
+                return fn(*args)
+        start = time.perf_counter()
+        out = (formula if eager is None else eager)(*args)
+        if len(self._eager_seconds) >= 4096:  # many one-off shapes: forget them
+            self._eager_seconds.clear()
+        self._eager_seconds[full_key] = spent + time.perf_counter() - start
+        return out if isinstance(out, tuple) else (out,)
+
+    def _timed_compile(
+        self, formula: Callable[..., Tensor | tuple[Tensor, ...]], example: tuple[Tensor, ...]
+    ) -> Callable[..., tuple[Tensor, ...]] | None:
+        start = time.perf_counter()
+        fn = self._compile(formula, example)
+        self._compiles.append(time.perf_counter() - start)
+        self.compile_seconds = sum(self._compiles) / len(self._compiles)
         return fn
 
     def _compile(

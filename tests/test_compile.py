@@ -55,6 +55,8 @@ def test_compile_traces_past_the_fused_kernel_switch(monkeypatch: pytest.MonkeyP
     from manualgrad.fusion import FUSION
 
     monkeypatch.setattr(FUSION, "min_numel", 0)
+
+    monkeypatch.setattr(FUSION, "patience", 0.0)  # compile at first use
     monkeypatch.setattr(FUSION, "min_numel_simple", 0)
     torch._dynamo.reset()
     torch.manual_seed(0)

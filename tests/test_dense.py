@@ -245,6 +245,8 @@ def test_fused_derivative_kernel_matches_eager_formula(activation: str, monkeypa
     from manualgrad.fusion import FUSION
 
     monkeypatch.setattr(FUSION, "min_numel", 0)
+
+    monkeypatch.setattr(FUSION, "patience", 0.0)  # compile at first use
     monkeypatch.setattr(FUSION, "min_numel_simple", 0)
     monkeypatch.setattr(FUSION, "dense", False)  # the per-layer kernels, not the stack's graph
     torch.manual_seed(0)
@@ -294,6 +296,8 @@ def test_dense_stack_compiled_graphs_match_op_by_op(
     from manualgrad.fusion import FUSION
 
     monkeypatch.setattr(FUSION, "min_numel", 0)
+
+    monkeypatch.setattr(FUSION, "patience", 0.0)  # compile at first use
     torch.manual_seed(0)
     net = mnn.MLP(16, hidden, 4, activation=activation, bias=bias)
     x = torch.randn(*shape, requires_grad=input_grad)
@@ -321,6 +325,8 @@ def test_lone_linear_and_dense_off_stay_op_by_op(monkeypatch: pytest.MonkeyPatch
     from manualgrad.fusion import FUSION
 
     monkeypatch.setattr(FUSION, "min_numel", 0)
+
+    monkeypatch.setattr(FUSION, "patience", 0.0)  # compile at first use
     monkeypatch.setattr(FUSION, "_kernels", {})  # this test's kernels only
     x, w = torch.randn(8, 6, requires_grad=True), torch.randn(4, 6, requires_grad=True)
     MF.linear(x, w).sum().backward()
@@ -338,6 +344,8 @@ def test_fused_kernels_stay_out_of_batched_gradients(monkeypatch: pytest.MonkeyP
     from manualgrad.fusion import FUSION
 
     monkeypatch.setattr(FUSION, "min_numel", 0)
+
+    monkeypatch.setattr(FUSION, "patience", 0.0)  # compile at first use
     torch.manual_seed(0)
     net = mnn.MLP(8, [16], 4, activation="gelu")
     x, y = torch.randn(32, 8, requires_grad=True), torch.randint(0, 4, (32,))
@@ -357,6 +365,7 @@ def test_fused_cross_entropy_matches_eager_formula(monkeypatch: pytest.MonkeyPat
     from manualgrad.fusion import FUSION
 
     torch.manual_seed(0)
+    monkeypatch.setattr(FUSION, "patience", 0.0)  # compile at first use
     x, y = torch.randn(16, 5, requires_grad=True), torch.tensor([0, -100, 4, 2] * 4)
     for reduction in ("mean", "sum"):
         monkeypatch.setattr(FUSION, "enabled", True)

@@ -53,6 +53,7 @@ def test_a_failing_compiler_warns_once_and_leaves_eager_results(monkeypatch: pyt
     monkeypatch.setattr(FUSION, "broken", False)
     monkeypatch.setattr(FUSION, "_kernels", {})
     monkeypatch.setattr(FUSION, "min_numel", 0)
+    monkeypatch.setattr(FUSION, "patience", 0.0)  # compile at first use
     net = mnn.MLP(8, [16], 4, activation="gelu")
     x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
 
@@ -70,3 +71,68 @@ def test_a_failing_compiler_warns_once_and_leaves_eager_results(monkeypatch: pyt
     assert FUSION.broken and not FUSION._kernels
     for a, b, c in zip(eager, fallen_back, again, strict=True):
         assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_a_shape_compiles_only_once_it_has_paid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The break-even rule: eager until gain × eager seconds reaches a compile's cost; other shapes
+    (a new batch size at every step) never wait on a compile."""
+    import manualgrad.fusion as fusion
+
+    clock = [0.0]
+    compiled: list[tuple[torch.Size, ...]] = []
+
+    def fake_compile(formula: Any, example: tuple[torch.Tensor, ...]) -> Any:
+        compiled.append(tuple(t.shape for t in example))
+        return formula  # _official returns a tuple, as a kernel does
+
+    def eager(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        clock[0] += 1.0  # each eager call "takes" a second
+        return a * 2 + b
+
+    monkeypatch.setattr(fusion.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(FUSION, "_compile", fake_compile)
+    for name, value in (("_kernels", {}), ("_eager_seconds", {}), ("_compiles", []), ("compile_seconds", 1.0)):
+        monkeypatch.setattr(FUSION, name, value)
+    monkeypatch.setattr(FUSION, "patience", 1.0)
+    a, b = torch.randn(4, 3), torch.randn(4, 3)
+    for calls in range(1, 3):  # 0.5 × 0 s, then 0.5 × 1 s: less than the 1 s a compile costs
+        FUSION.run(("k",), _official, a, b, gain=0.5, eager=eager)
+        assert not compiled and clock[0] == calls
+    for n in range(5, 15):  # one-off shapes: eager, however many
+        FUSION.run(("k",), _official, torch.randn(n, 3), torch.randn(n, 3), gain=0.5, eager=eager)
+    assert not compiled
+    (out,) = FUSION.run(("k",), _official, a, b, gain=0.5, eager=eager)  # 0.5 × 2 s: paid
+    assert compiled == [(a.shape, b.shape)] and clock[0] == 12
+    torch.testing.assert_close(out, a * 2 + b)
+    FUSION.run(("k",), _official, a, b, gain=0.5, eager=eager)  # the kernel, no eager call
+    assert clock[0] == 12 and len(compiled) == 1
+    assert FUSION.compile_seconds == 0.0  # the measured cost of the (fake, instant) compile
+
+
+def test_new_batch_sizes_compile_nothing_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A training step at a new batch size each time (Poisson sampling) runs the eager formulas."""
+    monkeypatch.setattr(FUSION, "_kernels", {})
+    monkeypatch.setattr(FUSION, "_eager_seconds", {})
+    torch.manual_seed(0)
+    net = mnn.MLP(64, [128, 128], 10, activation="gelu")
+    ref = torch.nn.Sequential(*(m for m in copy_native(net)))
+    for n in (33, 47, 64, 81, 100):
+        x, y = torch.randn(n, 64), torch.randint(0, 10, (n,))
+        got = torch.autograd.grad(MF.cross_entropy(net(x), y), list(net.parameters()))
+        want = torch.autograd.grad(torch.nn.functional.cross_entropy(ref(x), y), list(ref.parameters()))
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+    assert not FUSION._kernels
+
+
+def copy_native(net: torch.nn.Module) -> list[torch.nn.Module]:
+    """torch.nn twins of ``net``'s layers, holding copies of its weights."""
+    layers: list[torch.nn.Module] = []
+    for m in net:
+        if isinstance(m, mnn.Linear):
+            twin = torch.nn.Linear(m.in_features, m.out_features)
+            twin.load_state_dict(m.state_dict())
+            layers.append(twin)
+        else:
+            layers.append(getattr(torch.nn, type(m).__name__)())
+    return layers

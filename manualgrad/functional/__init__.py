@@ -7,8 +7,8 @@ Each op is a :class:`torch.autograd.Function` whose ``backward`` applies the for
 from manualgrad.activations import ACTIVATIONS
 
 from . import activation as _activation
-from .activation import Dropout, Elementwise, PReLU, activation, dropout, prelu
-from .dense import Bilinear, DenseStack, bilinear, dense_stack, linear
+from .activation import Dropout, Elementwise, ElementwiseInplace, PReLU, activation, dropout, prelu
+from .dense import Bilinear, DenseStack, Linear, bilinear, dense_stack, linear
 from .loss import (
     BCELoss,
     BCEWithLogitsLoss,
@@ -46,9 +46,11 @@ __all__ = [
     "DenseStack",
     "Dropout",
     "Elementwise",
+    "ElementwiseInplace",
     "HuberLoss",
     "KLDivLoss",
     "L1Loss",
+    "Linear",
     "LogSoftmax",
     "MSELoss",
     "NLLLoss",

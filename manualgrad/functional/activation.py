@@ -22,20 +22,49 @@ from manualgrad.activations import ACTIVATIONS, Activation
 
 from ._common import ManualFunction, check_same_device_dtype, forward_ad_enabled, shape_str
 
-__all__ = ["Dropout", "Elementwise", "PReLU", "activation", "dropout", "prelu", *ACTIVATIONS]
+__all__ = ["Dropout", "Elementwise", "ElementwiseInplace", "PReLU", "activation", "dropout", "prelu", *ACTIVATIONS]
 
 
 class Elementwise(ManualFunction):
-    """``a = σ(z)`` for any registry entry; backward ``grad_input = grad_output ⊙ σ'``.
+    """``a = σ(z)`` for any registry entry, out of place; backward ``grad_input = grad_output ⊙ σ'``.
 
-    ``apply(z, act, params, inplace)`` returns ``(a,)``, or ``(a, z_copy)`` for an in-place op whose
-    derivative needs the overwritten input (the copy is what the backward reads).
+    ``apply(z, act, params)`` returns ``a``. Saves ``a`` or ``z``, whichever σ' is a function of.
     """
 
     @staticmethod
-    def forward(x: Tensor, act: Activation, params: tuple[Any, ...], inplace: bool) -> tuple[Tensor, ...]:
-        if not inplace:
-            return (act.forward(x, *params),)
+    def forward(x: Tensor, act: Activation, params: tuple[Any, ...]) -> Tensor:
+        return act.forward(x, *params)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        x, act, params = inputs
+        ctx.act, ctx.params = act, params
+        saved = output if act.saves == "output" else x
+        ctx.save_for_backward(saved)
+        if forward_ad_enabled():
+            ctx.save_for_forward(saved)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, None, None]:
+        (saved,) = ctx.saved_tensors
+        # grad_input = dC/da ⊙ σ'(z)
+        return ctx.act.backward(grad_output, saved, *ctx.params), None, None
+
+    @staticmethod
+    def tangent(ctx: Any, x_t: Tensor, *_: Any) -> Tensor:
+        (saved,) = ctx.saved_tensors
+        return ctx.act.grad(x_t, saved, *ctx.params)  # diagonal Jacobian: da = σ'(z) ⊙ dz
+
+
+class ElementwiseInplace(ManualFunction):
+    """:class:`Elementwise` in place (``inplace=True``): ``z`` is overwritten with ``σ(z)``.
+
+    ``apply(z, act, params)`` returns ``(a,)``, or ``(a, z_copy)`` where the derivative needs the
+    overwritten input (the copy is what the backward reads).
+    """
+
+    @staticmethod
+    def forward(x: Tensor, act: Activation, params: tuple[Any, ...]) -> tuple[Tensor, ...]:
         if act.saves == "output":
             y = act.apply_(x, *params)
             return (y if y is x else x.copy_(y),)
@@ -44,15 +73,13 @@ class Elementwise(ManualFunction):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
-        x, act, params, inplace = inputs
-        ctx.act, ctx.params, ctx.inplace = act, params, inplace
+        x, act, params = inputs
+        ctx.act, ctx.params = act, params
         ctx.set_materialize_grads(False)
-        if inplace:
-            ctx.mark_dirty(x)
-        saved = output[0] if act.saves == "output" else output[-1] if inplace else x
-        ctx.save_for_backward(saved)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(output[-1])  # a, or the copy of z
         if forward_ad_enabled():
-            ctx.save_for_forward(saved)
+            ctx.save_for_forward(output[-1])
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor | None, grad_z: Tensor | None = None) -> tuple[Tensor | None, ...]:
@@ -63,14 +90,12 @@ class Elementwise(ManualFunction):
             grad = ctx.act.backward(grad_output, saved, *ctx.params)
         if grad_z is not None:
             grad = grad_z if grad is None else grad + grad_z
-        return grad, None, None, None
+        return grad, None, None
 
     @staticmethod
     def tangent(ctx: Any, x_t: Tensor, *_: Any) -> tuple[Tensor, ...]:
         (saved,) = ctx.saved_tensors
         y_t = ctx.act.grad(x_t, saved, *ctx.params)  # diagonal Jacobian: da = σ'(z) ⊙ dz
-        if not ctx.inplace:
-            return (y_t,)
         if ctx.act.saves == "output":
             return (x_t.copy_(y_t),)
         z_t = x_t.clone()
@@ -90,7 +115,9 @@ def activation(input: Tensor, act: Activation | str, *params: Any, inplace: bool
         raise TypeError(f"{entry.name}(): argument 'input' must be Tensor, not {type(input).__name__}")
     if params != entry.defaults:
         params = entry.normalise(*params)
-    return Elementwise.call(input, entry, params, inplace)[0]
+    if inplace:
+        return ElementwiseInplace.call(input, entry, params)[0]
+    return Elementwise.call(input, entry, params)
 
 
 def _make_function(act: Activation) -> Any:

@@ -36,7 +36,7 @@ from manualgrad.fusion import FUSION
 
 from ._common import ManualFunction, check_same_device_dtype, forward_ad_enabled, in_dtype, shape_str
 
-__all__ = ["DenseStack", "bilinear", "dense_stack", "linear"]
+__all__ = ["DenseStack", "Linear", "bilinear", "dense_stack", "linear"]
 
 Layer = tuple[Activation | None, tuple[Any, ...]]
 """One layer of a stack: its activation (``None`` for none) and the activation's params."""
@@ -86,6 +86,50 @@ def tangent_z(dx: Tensor | None, x: Tensor, w: Tensor, dw: Tensor | None, db: Te
     if db is not None:
         dz = db.expand(x.shape[0], -1) if dz is None else dz + db
     return dz
+
+
+# ---------------------------------------------------------------------------------------------
+# One Linear layer: the three formulas and nothing around them.
+# ---------------------------------------------------------------------------------------------
+
+
+class Linear(ManualFunction):
+    """``z = X Wᵀ + b`` for one layer, with the spec's dense-layer gradients.
+
+    The lean form of a one-layer :class:`DenseStack` (what ``mnn.Linear`` and :func:`linear` call,
+    the layer most models compose by hand): one output, ``X`` and ``W`` saved, and a backward that
+    is just ``grad_input = δW``, ``grad_weight = δᵀX``, ``grad_bias = Σδ``.
+    """
+
+    @staticmethod
+    def forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return linear_forward(x, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        x, weight, _ = inputs
+        ctx.save_for_backward(x, weight)
+        if forward_ad_enabled():
+            ctx.save_for_forward(x, weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        x, weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        delta = rows(grad_output)  # δ = dC/dz, one row per sample
+        gx = grad_input(delta, in_dtype(weight, delta.dtype)).reshape(x.shape) if needs[0] else None
+        gw = grad_weight(delta, in_dtype(rows(x), delta.dtype)) if needs[1] else None
+        gb = grad_bias(delta) if needs[2] else None
+        return gx, gw, gb
+
+    @staticmethod
+    def tangent(ctx: Any, x_t: Tensor | None, w_t: Tensor | None, b_t: Tensor | None) -> Tensor:
+        x, weight = ctx.saved_tensors
+        h = rows(x)
+        dz = tangent_z(None if x_t is None else rows(x_t), h, weight, w_t, b_t)
+        if dz is None:
+            dz = h.new_zeros(h.shape[0], weight.shape[0])
+        return dz.reshape(*x.shape[:-1], weight.shape[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,7 +325,8 @@ def _fusable(
 
 
 def _fused_forward(x: Tensor, plan: tuple[Layer, ...], params: tuple[Tensor | None, ...]) -> tuple[Tensor, ...] | None:
-    """:func:`_forward` as one compiled graph, where :func:`_fusable`; ``None`` where not.
+    """:func:`_forward` through :meth:`FUSION.run <manualgrad.fusion._Fusion.run>` (one compiled graph once
+    the shape has paid for its compile), where :func:`_fusable`; ``None`` where not.
 
     The matrix products stay torch's (the same ``addmm``); the activations become compiled loops
     (TorchInductor's vectorised functions, e.g. a faster tanh than ATen's on AVX-512, within an ulp
@@ -297,8 +342,7 @@ def _fused_forward(x: Tensor, plan: tuple[Layer, ...], params: tuple[Tensor | No
         it = iter(given)
         return _forward(x, plan, tuple(next(it) if h else None for h in has))
 
-    fused = FUSION.kernel(("dense_forward", plan, has), formula, *tensors)
-    return None if fused is None else fused(*tensors)
+    return FUSION.run(("dense_forward", plan, has), formula, *tensors, gain=0.1)
 
 
 def _fused_backward(
@@ -311,7 +355,8 @@ def _fused_backward(
     out: Tensor | None,
     hidden: tuple[Tensor, ...],
 ) -> tuple[Tensor | None, ...] | None:
-    """:func:`_backward` as one compiled graph, where :func:`_fusable`; ``None`` where not.
+    """:func:`_backward` through :meth:`FUSION.run <manualgrad.fusion._Fusion.run>` (one compiled graph once
+    the shape has paid for its compile), where :func:`_fusable`; ``None`` where not.
 
     The same formulas, traced: the matrix products stay torch's, the activation derivatives and bias
     sums become fused loops, and the whole backward is one call instead of a dozen Python-dispatched
@@ -328,10 +373,7 @@ def _fused_backward(
         grads = _backward(plan, slots, needs, g, (None,) * len(hs), x, ws, o, hs, True)
         return tuple(g for g in grads if g is not None)
 
-    fused = FUSION.kernel(("dense_backward", plan, needs), formula, *tensors)
-    if fused is None:
-        return None
-    computed = iter(fused(*tensors))
+    computed = iter(FUSION.run(("dense_backward", plan, needs), formula, *tensors, gain=0.1))
     return tuple(next(computed) if need else None for need in needs)
 
 
@@ -404,10 +446,7 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
                 [2., 2., 2.]])
     """
     _check_linear("linear", input, weight, bias)
-    return DenseStack.call(input, _LINEAR_PLAN, None, weight, bias)[0]
-
-
-_LINEAR_PLAN: tuple[Layer, ...] = ((None, ()),)
+    return Linear.call(input, weight, bias)
 
 
 def dense_stack(

@@ -758,10 +758,9 @@ class CrossEntropyIndices(ManualFunction):
         def formula(grad_loss: Tensor, x: Tensor, target: Tensor) -> Tensor:
             return _index_grad(grad_loss, torch.softmax(x, 1), target, red, ignore_index)
 
-        if FUSION.usable(grad_loss, x, target):  # one fused CPU kernel instead of a dozen tiny ones
-            fused = FUSION.kernel(("cross_entropy", red, ignore_index), formula, grad_loss, x, target)
-            if fused is not None:
-                return fused(grad_loss, x, target)[0], None, None, None
+        if FUSION.usable(grad_loss, x, target):  # one fused CPU kernel (once it pays) instead of a dozen tiny ones
+            grad = FUSION.run(("cross_entropy", red, ignore_index), formula, grad_loss, x, target, gain=0.5)[0]
+            return grad, None, None, None
         return formula(grad_loss, x, target), None, None, None
 
     @staticmethod
