@@ -777,15 +777,14 @@ def _index_grad(grad_loss: Tensor, p: Tensor, target: Tensor, red: str, ignore_i
     """grad_input of cross entropy with class indices, no weight, no smoothing, 'mean' or 'sum', from
     ``p = softmax(x)``: G ⊙ (p − onehot(t)), G = dC/dloss / (number of counted targets) for 'mean'."""
     cd = 0 if p.dim() == 1 else 1
-    n_classes = p.shape[cd]
     counted = target != ignore_index
     # G, per sample: 0 on ignored samples
     G = counted * (grad_loss / counted.sum().clamp_min(1) if red == "mean" else grad_loss)
-    # onehot(t)_c = [c = t] along the class dim (an ignored target, where G = 0, clamped to a class)
-    classes = torch.arange(n_classes, device=p.device).view(n_classes, *([1] * (p.dim() - cd - 1)))
-    onehot = classes == target.clamp(0, n_classes - 1).unsqueeze(cd)
+    # p − onehot(t): 1 taken off each sample's target class (an ignored target, where G = 0, clamped to a class)
+    index = target.clamp(0, p.shape[cd] - 1).unsqueeze(cd).long()
+    p_minus_onehot = p.scatter_add(cd, index, torch.full(index.shape, -1.0, dtype=p.dtype, device=p.device))
     # grad_input = G ⊙ (p − onehot(t))
-    return G.unsqueeze(cd) * (p - onehot.to(p.dtype))
+    return G.unsqueeze(cd) * p_minus_onehot
 
 
 def _check_ce_target(fname: str, input: Tensor, target: Tensor, weight: Tensor | None) -> None:
