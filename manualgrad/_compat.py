@@ -10,13 +10,22 @@ against torch's. (``torch._inductor`` is imported where a kernel is compiled, in
 
 from __future__ import annotations
 
+import warnings
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.autograd import forward_ad
 
-__all__ = ["CLASSIC_SETUP_CONTEXT", "forward_ad_enabled", "functorch_level", "is_legacy_batched", "nn_kernels"]
+__all__ = [
+    "CLASSIC_SETUP_CONTEXT",
+    "forward_ad_enabled",
+    "functorch_level",
+    "is_legacy_batched",
+    "nn_kernels",
+    "reduction_args",
+]
 
 # torch._C._functorch.maybe_current_level: the innermost functorch transform's level, None outside
 # any. Without it no transform can be ruled out: Functions always run in the setup_context form
@@ -98,3 +107,31 @@ CLASSIC_SETUP_CONTEXT = _classic_setup_context()
 # torch._C._nn: torch's loss kernels, called as torch.nn.functional does. Without it the same
 # operators through the dispatcher (torch.ops.aten; a few µs more a call).
 nn_kernels: Any = getattr(torch._C, "_nn", None) or torch.ops.aten
+
+
+# torch.nn._reduction: the parsing of losses' ``reduction`` (and legacy ``size_average``/``reduce``)
+# arguments that torch.nn's losses share. Without it, the same rules, messages and warnings here.
+def _get_enum(reduction: str) -> int:
+    if reduction == "elementwise_mean":
+        warnings.warn("reduction='elementwise_mean' is deprecated. Please use reduction='mean' instead.", stacklevel=2)
+        return 1
+    if reduction not in ("none", "mean", "sum"):
+        raise ValueError(f"{reduction} is not a valid value for reduction")
+    return ("none", "mean", "sum").index(reduction)
+
+
+def _legacy_get_string(size_average: bool | None, reduce: bool | None, emit_warning: bool = True) -> str:
+    size_average = True if size_average is None else size_average
+    reduce = True if reduce is None else reduce
+    ret = "mean" if size_average and reduce else "sum" if reduce else "none"
+    if emit_warning:
+        warnings.warn(
+            f"size_average and reduce args will be deprecated, please use reduction='{ret}' instead.", stacklevel=2
+        )
+    return ret
+
+
+try:
+    from torch.nn import _reduction as reduction_args
+except ImportError:
+    reduction_args = SimpleNamespace(get_enum=_get_enum, legacy_get_string=_legacy_get_string)  # type: ignore[assignment]

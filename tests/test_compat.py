@@ -58,6 +58,22 @@ for name, args in [
         close(torch.autograd.grad(a.sum(), p), torch.autograd.grad(b.sum(), p))
 close(MF.binary_cross_entropy(prob, t.sigmoid()), F.binary_cross_entropy(prob, t.sigmoid()))
 
+# the reduction arguments: legacy size_average/reduce, a wrong reduction
+import warnings
+with warnings.catch_warnings(record=True) as caught:  # ours, torch's, ours, torch's
+    warnings.simplefilter("always")
+    close(MF.mse_loss(p, t, size_average=False), F.mse_loss(p, t, size_average=False))
+    close(mnn.L1Loss(reduce=False)(p, t), torch.nn.L1Loss(reduce=False)(p, t))
+said = [str(w.message) for w in caught]
+assert len(said) == 4 and said[0] == said[1] and said[2] == said[3], said
+for f in (MF.mse_loss, F.mse_loss):
+    try:
+        f(p, t, reduction="bogus")
+    except ValueError as err:
+        assert str(err) == "bogus is not a valid value for reduction", err
+    else:
+        raise AssertionError("no error for reduction='bogus'")
+
 # forward AD, vmap, double backward
 u, v = torch.randn(4, 3, dtype=torch.double), torch.randn(4, 3, dtype=torch.double)
 with fwAD.dual_level():
@@ -98,6 +114,11 @@ FALLBACKS = {
         "assert _compat.CLASSIC_SETUP_CONTEXT is None and MF.DenseStack.eager_twin is MF.DenseStack",
     ),
     "torch._C._nn": ("torch._C", "_nn", "assert _compat.nn_kernels is torch.ops.aten"),
+    "torch.nn._reduction": (
+        "torch.nn",
+        "_reduction",
+        "assert _compat.reduction_args is not importlib.import_module('torch.nn._reduction')",
+    ),
 }
 
 
@@ -106,12 +127,16 @@ def _run_without(module: str | None, attr: str, assert_fallback: str) -> str:
     script = "import manualgrad\n"
     if module is not None:
         script = (
-            "import importlib\n"
+            "import importlib, sys\n"
             f"owner = importlib.import_module({module!r})\n"
             f"saved = getattr(owner, {attr!r})\n"
             f"delattr(owner, {attr!r})\n"
+            f"saved_module = sys.modules.get({module + '.' + attr!r})\n"  # a submodule: hidden there too
+            f"sys.modules[{module + '.' + attr!r}] = None\n"
             "import manualgrad\n"
             f"setattr(owner, {attr!r}, saved)\n"
+            f"sys.modules[{module + '.' + attr!r}] = saved_module\n"
+            f"if saved_module is None: del sys.modules[{module + '.' + attr!r}]\n"
         )
     script += CHECKS.format(assert_fallback=assert_fallback)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}

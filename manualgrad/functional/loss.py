@@ -43,10 +43,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.nn import _reduction as _Reduction
 from torch.nn import functional as F
 
 from manualgrad._compat import nn_kernels
+from manualgrad._compat import reduction_args as _Reduction
 from manualgrad.fusion import FUSION
 
 from ._common import ManualFunction, forward_ad_enabled, in_dtype
