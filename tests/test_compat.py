@@ -1,8 +1,9 @@
 """The fallbacks of :mod:`manualgrad._compat`: manualgrad imported on a torch without an internal it uses.
 
-Each case removes one internal, imports manualgrad in a fresh interpreter, puts the internal back
-(torch's own code needs it; a torch without it would not), and checks that the fallback was taken
-and that values and gradients (backward, forward AD, vmap, double backward) are still torch's.
+Each case removes one internal, imports manualgrad afresh (in a separate interpreter, so that this
+one's manualgrad stays as it is), puts the internal back (torch's own code needs it; a torch
+without it would not), and checks that the fallback was taken and that values and gradients
+(backward, forward AD, vmap, double backward) are still torch's.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from manualgrad import _compat
 ROOT = Path(__file__).resolve().parents[1]
 
 CHECKS = """
+import importlib
+
 import torch
 import torch.nn.functional as F
 from torch.autograd import forward_ad as fwAD
@@ -122,44 +125,66 @@ FALLBACKS = {
 }
 
 
-def _run_without(module: str | None, attr: str, assert_fallback: str) -> str:
-    """Run the checks in a fresh interpreter whose manualgrad was imported without ``module.attr``."""
-    script = "import manualgrad\n"
+FALLBACKS["none removed (control)"] = (
+    None,
+    "",
+    "assert _compat.functorch_level() is None and not _compat.forward_ad_enabled()\n"
+    "assert MF.DenseStack.eager_twin is not MF.DenseStack and _compat.nn_kernels is torch._C._nn\n"
+    "with torch.no_grad():\n    assert FUSION.usable(torch.ones(2))",
+)
+
+RUNNER = """
+import importlib, json, sys, traceback
+
+results = {}
+for name, (module, attr, assert_fallback) in json.loads(sys.argv[1]).items():
+    for loaded in [m for m in sys.modules if m == "manualgrad" or m.startswith("manualgrad.")]:
+        del sys.modules[loaded]  # a fresh manualgrad for each case
     if module is not None:
-        script = (
-            "import importlib, sys\n"
-            f"owner = importlib.import_module({module!r})\n"
-            f"saved = getattr(owner, {attr!r})\n"
-            f"delattr(owner, {attr!r})\n"
-            f"saved_module = sys.modules.get({module + '.' + attr!r})\n"  # a submodule: hidden there too
-            f"sys.modules[{module + '.' + attr!r}] = None\n"
-            "import manualgrad\n"
-            f"setattr(owner, {attr!r}, saved)\n"
-            f"sys.modules[{module + '.' + attr!r}] = saved_module\n"
-            f"if saved_module is None: del sys.modules[{module + '.' + attr!r}]\n"
-        )
-    script += CHECKS.format(assert_fallback=assert_fallback)
+        owner = importlib.import_module(module)
+        saved = getattr(owner, attr)
+        delattr(owner, attr)
+        submodule = f"{module}.{attr}" in sys.modules
+        if submodule:  # hidden from `import` too
+            sys.modules[f"{module}.{attr}"] = None
+    try:
+        import manualgrad
+    finally:
+        if module is not None:  # torch's own code needs it back
+            setattr(owner, attr, saved)
+            if submodule:
+                sys.modules[f"{module}.{attr}"] = saved
+    try:
+        exec(CHECKS.format(assert_fallback=assert_fallback), {})
+        results[name] = "passed"
+    except Exception:
+        results[name] = traceback.format_exc()
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def fallback_results() -> dict[str, str]:
+    """Every case of ``FALLBACKS`` in one fresh interpreter (torch imported once), manualgrad imported anew for each."""
+    import json
+
+    script = f"CHECKS = {CHECKS!r}\n{RUNNER}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", script, json.dumps(FALLBACKS)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    return done.stdout
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("internal", list(FALLBACKS))
-def test_without_internal_results_are_torchs(internal: str) -> None:
-    assert "fallback checks passed" in _run_without(*FALLBACKS[internal])
-
-
-def test_the_checks_pass_with_every_internal_present() -> None:
-    """The control: the same script, nothing removed, on the fast paths."""
-    fast_paths = (
-        "assert _compat.functorch_level() is None and not _compat.forward_ad_enabled()\n"
-        "assert MF.DenseStack.eager_twin is not MF.DenseStack and _compat.nn_kernels is torch._C._nn\n"
-        "with torch.no_grad():\n    assert FUSION.usable(torch.ones(2))"
-    )
-    assert "fallback checks passed" in _run_without(None, "", fast_paths)
+def test_without_internal_results_are_torchs(internal: str, fallback_results: dict[str, str]) -> None:
+    assert fallback_results[internal] == "passed", fallback_results[internal]
 
 
 def test_no_eager_twin_where_apply_ignores_the_placeholder() -> None:
