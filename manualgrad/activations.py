@@ -254,7 +254,10 @@ def _hardsigmoid_grad(g: Tensor, a: Tensor) -> Tensor:
 
 
 def _hardswish_grad(g: Tensor, z: Tensor) -> Tensor:
-    """Hardswish(z) = z·relu6(z + 3)/6:  σ'(z) = 0 if z ≤ −3, z/3 + ½ if −3 < z < 3, 1 if z ≥ 3 (torch's kinks)."""
+    """Hardswish(z) = z·relu6(z + 3)/6:  σ'(z) = 0 if z ≤ −3, z/3 + ½ if −3 < z < 3, 1 if z ≥ 3.
+
+    The kinks are torch's from 2.7 on; torch 2.6 and earlier give −0.5 at −3 and 1.5 at 3.
+    """
     inner = torch.where(z < 3.0, g * (z / 3.0 + 0.5), g)
     return torch.where(z <= -3.0, 0.0, inner)
 

@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch._C._functorch import is_legacy_batchedtensor as _is_legacy_batched
-from torch._C._functorch import maybe_current_level as _functorch_level
+
+from manualgrad._compat import functorch_level as _functorch_level
+from manualgrad._compat import is_legacy_batched as _is_legacy_batched
 
 __all__ = ["FUSION"]
 
@@ -136,9 +137,6 @@ class _Fusion:
     def _compile(
         self, formula: Callable[..., Tensor | tuple[Tensor, ...]], example: tuple[Tensor, ...]
     ) -> Callable[..., tuple[Tensor, ...]] | None:
-        from torch._inductor.compile_fx import compile_fx, compile_fx_inner
-        from torch.fx.experimental.proxy_tensor import make_fx
-
         def as_tuple(*args: Tensor) -> tuple[Tensor, ...]:
             out = formula(*args)
             return out if isinstance(out, tuple) else (out,)
@@ -151,6 +149,9 @@ class _Fusion:
             return graphs[-1]
 
         try:
+            from torch._inductor.compile_fx import compile_fx, compile_fx_inner  # internal: failing, eager
+            from torch.fx.experimental.proxy_tensor import make_fx
+
             self._tracing = True
             try:
                 graph = make_fx(as_tuple)(*inputs)

@@ -65,6 +65,9 @@ def test_compile_traces_past_the_fused_kernel_switch(monkeypatch: pytest.MonkeyP
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
+        # torch 2.6's own: its structured trace (on under pytest's log capture) warns while writing a
+        # repro of every compiled graph; 2.13 and 2.14 do not
+        warnings.filterwarnings("ignore", "Skipping serialization of skipfiles_inline_module_allowlist", UserWarning)
         MF.cross_entropy(torch.compile(model, fullgraph=True)(x), target).backward()
     compiled_grads = [p.grad.clone() for p in model.parameters()]  # type: ignore[union-attr]
     model.zero_grad(set_to_none=True)

@@ -21,16 +21,11 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from torch._C._functorch import maybe_current_level as _functorch_level
-from torch.autograd import forward_ad
-from torch.autograd.function import _SingleLevelFunction
+
+from manualgrad._compat import CLASSIC_SETUP_CONTEXT, forward_ad_enabled
+from manualgrad._compat import functorch_level as _functorch_level
 
 __all__ = ["ManualFunction", "check_same_device_dtype", "forward_ad_enabled", "in_dtype", "shape_str"]
-
-
-def forward_ad_enabled() -> bool:
-    """Whether a forward-mode AD level is active (then ``jvp`` needs ``save_for_forward``)."""
-    return forward_ad._current_level >= 0
 
 
 class ManualFunction(torch.autograd.Function):
@@ -45,7 +40,8 @@ class ManualFunction(torch.autograd.Function):
       (TorchDynamo cannot trace a Function that defines ``jvp``, so only this twin has it);
     * ``eager_twin`` otherwise: the same forward, setup_context and backward in the classic
       ``forward(ctx, ...)`` form, which spares ``apply`` the per-call binding of ``forward``'s
-      signature that the setup_context form costs (about 20 µs a call on a laptop-class CPU).
+      signature that the setup_context form costs (about 20 µs a call on a laptop-class CPU); the
+      class itself where this torch offers no classic form (:mod:`manualgrad._compat`).
 
     All three have the same name, so the backward graph shows e.g. ``DenseStackBackward``.
     """
@@ -60,6 +56,9 @@ class ManualFunction(torch.autograd.Function):
             return
         common = {"__module__": cls.__module__, "_twin": True}
         cls.forward_ad_twin = type(cls.__name__, (cls,), {"jvp": staticmethod(cls.tangent), **common})
+        if CLASSIC_SETUP_CONTEXT is None:  # this torch has no classic form we can reach: no eager twin
+            cls.eager_twin = cls
+            return
         forward, setup_context = cls.forward, cls.setup_context
 
         def classic_forward(ctx: Any, *args: Any) -> Any:
@@ -72,7 +71,7 @@ class ManualFunction(torch.autograd.Function):
             (cls,),
             {
                 "forward": staticmethod(classic_forward),
-                "setup_context": _SingleLevelFunction.__dict__["setup_context"],
+                "setup_context": CLASSIC_SETUP_CONTEXT,
                 "generate_vmap_rule": False,
                 **common,
             },

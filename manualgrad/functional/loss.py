@@ -43,9 +43,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.nn import _reduction as _Reduction
 from torch.nn import functional as F
 
+from manualgrad._compat import nn_kernels
+from manualgrad._compat import reduction_args as _Reduction
 from manualgrad.fusion import FUSION
 
 from ._common import ManualFunction, forward_ad_enabled, in_dtype
@@ -73,7 +74,7 @@ __all__ = [
     "smooth_l1_loss",
 ]
 
-_nn: Any = torch._C._nn  # torch's loss kernels (their stubs type ``reduction`` as str; it is an int)
+_nn: Any = nn_kernels  # torch's loss kernels (their stubs type ``reduction`` as str; it is an int)
 _REDUCTIONS = ("none", "mean", "sum")
 _BCE_EPS = 1e-12  # torch's EPSILON in binary_cross_entropy_backward
 

@@ -8,9 +8,9 @@ Each class takes torch.nn's constructor arguments, stores torch.nn's attributes 
 from __future__ import annotations
 
 from torch import Tensor, nn
-from torch.nn import _reduction as _Reduction
 
 from manualgrad import functional as MF
+from manualgrad._compat import reduction_args as _Reduction
 
 __all__ = [
     "BCELoss",
