@@ -92,14 +92,14 @@ def test_saved_bytes_counts_each_storage_once() -> None:
 
 def test_only_patterns() -> None:
     grid = bench.cells(["cpu"], bench.MODELS, bench.ACTIVATIONS, bench.BATCHES, bench.MODES)
-    assert len(grid) == 2 * 4 * 2 * 2
+    assert len(grid) == 2 * 4 * 2 * 3
     picked = bench.cells(
         ["cpu"], bench.MODELS, bench.ACTIVATIONS, bench.BATCHES, bench.MODES,
         ["784-1024-1024-10:relu:1024:eager"],
     )  # fmt: skip
     assert [c.key for c in picked] == ["784-1024-1024-10:relu:1024:eager:cpu"]
-    assert len([c for c in grid if c.matches("*:gelu")]) == 8
-    assert len([c for c in grid if c.matches("::128::cpu")]) == 16
+    assert len([c for c in grid if c.matches("*:gelu")]) == 12
+    assert len([c for c in grid if c.matches("::128::cpu")]) == 24
     with pytest.raises(ValueError):
         grid[0].matches("a:b:c:d:e:f")
 
@@ -114,3 +114,25 @@ def test_gemm_bound_runs_the_step_shapes() -> None:
     names = [e.name for e in prof.events() if e.name in ("aten::addmm", "aten::mm")]
     # 2 forward addmm; backward: grad_weight of both layers, grad_input of the second only.
     assert names == ["aten::addmm", "aten::addmm", "aten::mm", "aten::mm", "aten::mm"]
+
+
+def test_hand_mode_composes_mnn_layers_by_hand() -> None:
+    """``--modes hand``: a plain nn.Sequential of mnn layers (no fusion), the native weights."""
+    native, hand = bench.build_pair([12, 8, 3], "gelu", torch.device("cpu"), hand=True)
+    assert type(hand) is nn.Sequential
+    assert [type(m) for m in hand] == [mnn.Linear, mnn.GELU, mnn.Linear]
+    bench.check_same_outputs(native, hand, torch.randn(4, 12))
+
+
+def test_usage_benchmark_parts_on_a_tiny_model() -> None:
+    """benchmarks.usage: Poisson batch sizes and the first-call / Poisson measurements (structure only)."""
+    from benchmarks import usage
+
+    sizes = usage.poisson_sizes(steps=2000, dataset=1000, rate=0.05)
+    assert statistics.mean(sizes) == pytest.approx(50, rel=0.05)  # Binomial(1000, 0.05): mean 50
+    assert statistics.pvariance(sizes) == pytest.approx(47.5, rel=0.15)  # variance N q (1 - q)
+    setup = usage.Setup("12-8-3", "tanh")
+    calls = usage.first_calls(setup, "train", [3, 5], usage.SIDES)
+    assert set(calls) == set(usage.SIDES) and all(len(v) == 2 and min(v) > 0 for v in calls.values())
+    totals = usage.poisson_totals(setup, [3, 4, 0, 5], usage.SIDES[::-1])
+    assert totals["native"] > 0 and totals["manualgrad"] > 0 and totals["kernels"] == 0

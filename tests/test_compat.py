@@ -201,6 +201,7 @@ def test_without_inductor_warns_once_and_leaves_eager_results(monkeypatch: pytes
     monkeypatch.setattr(FUSION, "broken", False)
     monkeypatch.setattr(FUSION, "_kernels", {})
     monkeypatch.setattr(FUSION, "min_numel", 0)
+    monkeypatch.setattr(FUSION, "patience", 0.0)  # compile at first use
     net = mnn.MLP(8, [16], 4, activation="gelu")
     x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
 
