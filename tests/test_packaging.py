@@ -10,8 +10,8 @@ reinstall per run: every file that pip recorded (RECORD) for torch and for each 
 requires, recursively, is symlinked into the new venv's site-packages, and nothing else is. So
 torch, its dist-info and its own requirements are there (``pip check`` passes), while numpy,
 Lightning, pytest, ... and the repository's ``train`` are not. The wheel goes in with
-``pip install --no-deps --no-index``; the README's first code block and a float64 gradcheck then
-run in ``python -I`` from a temporary directory.
+``pip install --no-deps --no-index``; the README's first code block, then a float64 gradcheck,
+run in one ``python -I`` from a temporary directory.
 """
 
 from __future__ import annotations
@@ -213,6 +213,7 @@ def _readme_first_python_block() -> str:
 
 SMOKE = """
 import importlib.metadata, importlib.util, sys
+exec(compile(sys.argv[1], "README.md's first python block", "exec"), {{"__name__": "__main__"}})
 import manualgrad, torch
 
 assert manualgrad.__file__.startswith(sys.prefix), manualgrad.__file__
@@ -242,6 +243,6 @@ def test_wheel_in_a_fresh_venv_beside_torch(dists: dict[str, Path], tmp_path: Pa
     work = tmp_path / "elsewhere"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    _run([str(py), "-I", "-c", _readme_first_python_block()], cwd=work, env=env)
-    proc = _run([str(py), "-I", "-c", textwrap.dedent(SMOKE.format(version=VERSION))], cwd=work, env=env)
+    smoke = textwrap.dedent(SMOKE.format(version=VERSION))
+    proc = _run([str(py), "-I", "-c", smoke, _readme_first_python_block()], cwd=work, env=env)
     assert f"smoke ok {VERSION}" in proc.stdout
