@@ -522,10 +522,13 @@ def write_results(
 ) -> tuple[Path, Path]:
     """Write ``<date>-<device>-<modes>.md`` and ``.json`` into ``out_dir``; return their paths.
 
-    (An eager and a compile run of the same day and device keep separate files.)"""
+    (An eager and a compile run of the same day and device keep separate files, and so do runs with
+    another ``--patience``: ``...-patience0.md``.)"""
     out_dir.mkdir(parents=True, exist_ok=True)
     modes = "-".join(m for m in MODES if any(r.mode == m for r in rows))
     stem = f"{dt.date.today().isoformat()}-{device}-{modes}"
+    if info.get("fusion_patience") is not None:
+        stem += f"-patience{info['fusion_patience']:g}"
     md, js = out_dir / f"{stem}.md", out_dir / f"{stem}.json"
     head = ", ".join(f"{k}: {info[k]}" for k in ("date", "torch", "cpu_model", "threads"))
     if "gpu" in info:
@@ -631,7 +634,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append(run_cell(cell, budget) if args.no_isolate else run_isolated(cell, budget, args.threads))
         print(markdown_table(rows))
         if not args.no_save:
-            md, js = write_results(rows, device, machine_info(device, argv), args.out_dir)
+            info = {**machine_info(device, argv), "fusion_patience": args.patience}
+            md, js = write_results(rows, device, info, args.out_dir)
             print(f"wrote {md} and {js}", file=sys.stderr)
     return 0
 
