@@ -25,7 +25,8 @@ validation.
 Warm-up: manualgrad compiles one kernel per shape (process-wide cache), so the first ``--warmup``
 pairs (default 1: both sides see the full and the last, short batch shape, and the app its
 validation shapes) are reported separately and not counted. The ratio is the median of the
-per-pair ratios A_i / B_i; the table also gives the medians of A and B.
+per-pair ratios A_i / B_i; the table also gives the medians of A and B, and the same for the process
+CPU time (``time.process_time``), which a busy shared machine disturbs less than wall time.
 
 Usage::
 
@@ -88,10 +89,10 @@ class BareLoop:
         self.limit_batches = limit_batches
         self.generator = torch.Generator(device=self.device)
 
-    def epoch(self, epoch: int) -> float:
-        """Train one epoch; return its wall time in seconds."""
+    def epoch(self, epoch: int) -> tuple[float, float]:
+        """Train one epoch; return its wall and process CPU times in seconds."""
         _sync(self.device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         n = len(self.labels)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch)).to(self.device)
         self.generator.manual_seed((self.seed + epoch) * 1_000_003)
@@ -111,7 +112,7 @@ class BareLoop:
                 if sched is not None:
                     sched.step()
         _sync(self.device)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
 
 class Interleave(pl.Callback):
@@ -127,10 +128,13 @@ class Interleave(pl.Callback):
         self.bare: BareLoop | None = None
         self.app: list[float] = []
         self.bare_times: list[float] = []
+        self.app_cpu: list[float] = []
+        self.bare_cpu: list[float] = []
         self.val: list[float] = []
         self._t0: float | None = None
-        self._val_t0 = 0.0
-        self._val_in_epoch = 0.0
+        self._c0 = 0.0
+        self._val_t0 = self._val_c0 = 0.0
+        self._val_in_epoch = self._val_cpu_in_epoch = 0.0
         self._device = torch.device("cpu")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -142,6 +146,7 @@ class Interleave(pl.Callback):
             return
         _sync(self._device)
         self.app.append(time.perf_counter() - self._t0 - self._val_in_epoch)
+        self.app_cpu.append(time.process_time() - self._c0 - self._val_cpu_in_epoch)
         self.val.append(self._val_in_epoch)
         self._t0 = None
 
@@ -149,7 +154,9 @@ class Interleave(pl.Callback):
         """Run bare epochs until ``upto`` of them have run."""
         assert self.bare is not None
         while len(self.bare_times) < upto:
-            self.bare_times.append(self.bare.epoch(len(self.bare_times)))
+            wall, cpu = self.bare.epoch(len(self.bare_times))
+            self.bare_times.append(wall)
+            self.bare_cpu.append(cpu)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._close_app_epoch(trainer)
@@ -157,19 +164,20 @@ class Interleave(pl.Callback):
         # ABBA: before an even app epoch k run B_{k-1} (odd, after its A) and B_k.
         if k % 2 == 0:
             self._run_bare(k + 1)
-        self._val_in_epoch = 0.0
+        self._val_in_epoch = self._val_cpu_in_epoch = 0.0
         _sync(self._device)
-        self._t0 = time.perf_counter()
+        self._t0, self._c0 = time.perf_counter(), time.process_time()
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
             _sync(self._device)
-            self._val_t0 = time.perf_counter()
+            self._val_t0, self._val_c0 = time.perf_counter(), time.process_time()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking and self._t0 is not None:
             _sync(self._device)
             self._val_in_epoch += time.perf_counter() - self._val_t0
+            self._val_cpu_in_epoch += time.process_time() - self._val_c0
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch + 1 >= self.epochs:
@@ -186,6 +194,8 @@ class Result:
 
     app: list[float]
     bare: list[float]
+    app_cpu: list[float]
+    bare_cpu: list[float]
     val: list[float]
     warmup: int
     batches: int
@@ -194,6 +204,10 @@ class Result:
     @property
     def ratios(self) -> list[float]:
         return [a / b for a, b in zip(self.app[self.warmup :], self.bare[self.warmup :], strict=True)]
+
+    @property
+    def cpu_ratios(self) -> list[float]:
+        return [a / b for a, b in zip(self.app_cpu[self.warmup :], self.bare_cpu[self.warmup :], strict=True)]
 
 
 def run(
@@ -234,6 +248,8 @@ def run(
         return Result(
             app=timer.app,
             bare=timer.bare_times,
+            app_cpu=timer.app_cpu,
+            bare_cpu=timer.bare_cpu,
             val=timer.val,
             warmup=warmup,
             batches=int(trainer.num_training_batches),
@@ -242,20 +258,25 @@ def run(
 
 
 def format_table(result: Result) -> str:
-    """A markdown table: warm-up and measured pairs, medians and the median per-pair ratio."""
+    """A markdown table: warm-up and measured pairs, medians and the median per-pair ratios."""
     w = result.warmup
     lines = [
-        "| pair | app epoch (s) | bare epoch (s) | app / bare | app validation (s) |",
-        "|---|---:|---:|---:|---:|",
+        "| pair | app epoch (s) | bare epoch (s) | app / bare | app CPU (s) | bare CPU (s) | CPU app / bare "
+        "| app validation (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for i, (a, b, v) in enumerate(zip(result.app, result.bare, result.val, strict=True)):
+    rows = zip(result.app, result.bare, result.app_cpu, result.bare_cpu, result.val, strict=True)
+    for i, (a, b, ac, bc, v) in enumerate(rows):
         label = f"{i} (warm-up)" if i < w else str(i)
-        lines.append(f"| {label} | {a:.2f} | {b:.2f} | {a / b:.3f} | {v:.2f} |")
+        lines.append(f"| {label} | {a:.2f} | {b:.2f} | {a / b:.3f} | {ac:.2f} | {bc:.2f} | {ac / bc:.3f} | {v:.2f} |")
     if result.ratios:
-        med_a, med_b = statistics.median(result.app[w:]), statistics.median(result.bare[w:])
-        med_v = statistics.median(result.val[w:])
-        ratio = statistics.median(result.ratios)
-        lines.append(f"| **median** | **{med_a:.2f}** | **{med_b:.2f}** | **{ratio:.3f}** | {med_v:.2f} |")
+        series = (result.app, result.bare, result.app_cpu, result.bare_cpu, result.val)
+        med = [statistics.median(xs[w:]) for xs in series]
+        ratio, cpu_ratio = statistics.median(result.ratios), statistics.median(result.cpu_ratios)
+        lines.append(
+            f"| **median** | **{med[0]:.2f}** | **{med[1]:.2f}** | **{ratio:.3f}** | {med[2]:.2f} | {med[3]:.2f} "
+            f"| {cpu_ratio:.3f} | {med[4]:.2f} |"
+        )
     return "\n".join(lines)
 
 
