@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import torch
 from train.callbacks import LearningCurve
 from train.data import MNISTDataModule
 from train.mnist import checkpoint_callback, cli_main
-from train.model import MNISTClassifier, native_mlp
+from train.model import MNISTClassifier, native_mlp, seed_device_rng
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -103,6 +104,61 @@ def test_resume_is_exact(backend: str, data_root: Path, tmp_path: Path) -> None:
         assert torch.equal(a, b), f"{name} differs after resume"
     curve = next(cb for cb in trainer.callbacks if isinstance(cb, LearningCurve))  # type: ignore[attr-defined]
     assert [int(r["epoch"]) for r in curve.history] == [0, 1, 2]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("tty", [False, True], ids=["redirected", "terminal"])
+def test_progress_bar_only_on_a_terminal(tty: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make train > log`: no carriage-return bar in the log (one line per epoch from LearningCurve)."""
+    monkeypatch.setattr(sys, "stdout", _Terminal() if tty else io.StringIO())
+    cli = cli_main(["--config", str(REPO / "configs" / "smoke.yaml")], run=False)
+    assert (cli.trainer.progress_bar_callback is not None) == tty
+    on = cli_main(["--config", str(REPO / "configs" / "smoke.yaml"), "--trainer.enable_progress_bar=true"], run=False)
+    assert on.trainer.progress_bar_callback is not None
+
+
+def test_redirected_run_logs_one_line_per_epoch(data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["fit", "--config", str(REPO / "configs" / "smoke.yaml"), "--trainer.max_epochs=2"]
+    args += ["--trainer.limit_train_batches=5", "--trainer.limit_val_batches=1", "--test_after_fit=false"]
+    args += ["--model.hidden_sizes=[16]", f"--trainer.default_root_dir={tmp_path}"]
+    cli_main([*args, f"--trainer.logger.init_args.save_dir={tmp_path}"])
+    out = capsys.readouterr().out
+    assert "\r" not in out and "it/s" not in out, out[-2000:]
+    assert [line.split(":")[0] for line in out.splitlines() if line.startswith("Epoch ")] == ["Epoch 1/2", "Epoch 2/2"]
+
+
+def test_seed_device_rng_is_torch_manual_seed_on_cpu() -> None:
+    torch.manual_seed(1234)
+    expected = torch.rand(8), torch.nn.functional.dropout(torch.ones(64), 0.5)
+    torch.manual_seed(99)
+    seed_device_rng(1234, torch.device("cpu"))
+    got = torch.rand(8), torch.nn.functional.dropout(torch.ones(64), 0.5)
+    assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
+
+
+def test_logged_metrics(data_root: Path, tmp_path: Path) -> None:
+    """Step loss on every ``log_every_n_steps``-th step; loss and accuracy per epoch (CSV and callbacks)."""
+    pl.seed_everything(0)
+    model = MNISTClassifier(hidden_sizes=[32], dropout=0.0, lr=3e-3)
+    dm = MNISTDataModule(data_dir=str(data_root), batch_size=128)
+    logger = pl.loggers.CSVLogger(str(tmp_path), name="m")
+    run: dict[str, Any] = dict(max_epochs=2, limit_train_batches=12, limit_val_batches=1, log_every_n_steps=5)
+    trainer = _trainer(tmp_path, logger=logger, **run)
+    trainer.fit(model, datamodule=dm)
+    with open(next(tmp_path.rglob("metrics.csv"))) as f:
+        rows = list(csv.DictReader(f))
+    step_rows = [int(r["step"]) for r in rows if r.get("train_loss_step")]
+    assert step_rows == [4, 9, 14, 19], step_rows
+    epoch_rows = [r for r in rows if r.get("train_loss_epoch")]
+    assert [int(r["epoch"]) for r in epoch_rows] == [0, 1]
+    assert all(0.0 < float(r["train_acc"]) <= 1.0 and float(r["train_loss_epoch"]) > 0 for r in epoch_rows)
+    curve = next(cb for cb in trainer.callbacks if isinstance(cb, LearningCurve))  # type: ignore[attr-defined]
+    assert [sorted(r) for r in curve.history] == [["epoch", "train_acc", "train_loss_epoch", "val_acc", "val_loss"]] * 2
+    assert curve.history[1]["train_loss_epoch"] < curve.history[0]["train_loss_epoch"]
 
 
 def _final_val_acc(log_dir: Path) -> float:

@@ -7,10 +7,15 @@ the best checkpoint and prints the test accuracy as its last line (``--test_afte
 it). Resume an interrupted run with the same config plus
 ``--ckpt_path <run>/checkpoints/last.ckpt``: the LR schedule is part of the checkpoint, so keep
 ``max_epochs`` unchanged (to train longer, start a new run).
+
+The progress bar is on by default only when stdout is a terminal: redirected (``make train > log``),
+the log gets one line per epoch from :class:`~train.callbacks.LearningCurve` instead of the bar's
+carriage-return updates (``--trainer.enable_progress_bar true`` brings the bar back).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +37,12 @@ def checkpoint_callback() -> ModelCheckpoint:
         filename="best-epoch{epoch:02d}-val_acc{val_acc:.4f}",
         auto_insert_metric_name=False,
     )
+
+
+def progress_bar_default() -> bool:
+    """The default of ``trainer.enable_progress_bar``: whether stdout (where the bar writes) is a terminal."""
+    isatty = getattr(sys.stdout, "isatty", None)
+    return bool(isatty is not None and isatty())
 
 
 class MNISTCLI(LightningCLI):
@@ -71,7 +82,10 @@ def cli_main(args: Sequence[str] | None = None, run: bool = True) -> MNISTCLI:
     return MNISTCLI(
         MNISTClassifier,
         MNISTDataModule,
-        trainer_defaults={"callbacks": [checkpoint_callback(), LearningCurve()]},
+        trainer_defaults={
+            "callbacks": [checkpoint_callback(), LearningCurve()],
+            "enable_progress_bar": progress_bar_default(),
+        },
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         args=list(args) if args is not None else None,

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 Backend = Literal["manualgrad", "native"]
@@ -83,6 +84,21 @@ def build_network(
     raise ValueError(f"Unknown backend {backend!r}: expected 'manualgrad' or 'native'.")
 
 
+def seed_device_rng(seed: int, device: torch.device) -> None:
+    """Seed the default generator(s) that random ops on ``device`` draw from (dropout's masks).
+
+    On CPU and CUDA this is the part of ``torch.manual_seed(seed)`` that matters there: the same
+    streams, without its per-call work for every other backend (CUDA's lazy seeding records a stack
+    trace and queries the driver when CUDA is not initialised; it cost milliseconds a batch).
+    """
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
+    elif device.type != "cpu":
+        torch.manual_seed(seed)
+
+
 class MNISTClassifier(pl.LightningModule):
     """An MLP on flattened 28x28 images, trained with cross-entropy.
 
@@ -101,9 +117,14 @@ class MNISTClassifier(pl.LightningModule):
         warmup_pct: fraction of the steps spent warming up with ``onecycle``.
         save_activations: ``"bfloat16"`` saves the hidden activations for backward in bfloat16
             (manualgrad's opt-in memory-saving mode; ``"float32"`` saves them as computed).
-        seed: base seed for dropout. The global RNG is reseeded from ``(seed, epoch, batch, rank)``
-            before every training batch, so resuming from an epoch-end checkpoint continues
-            exactly like the uninterrupted run.
+        seed: base seed for dropout. The default generator of the training device is reseeded from
+            ``(seed, epoch, batch, rank)`` before every training batch, so resuming from an epoch-end
+            checkpoint continues exactly like the uninterrupted run.
+
+    Logged: ``train_loss_step`` on the steps the trainer writes to its logger (every
+    ``log_every_n_steps``), ``train_loss_epoch`` and ``train_acc`` per epoch, ``val_loss``/``val_acc``
+    and ``test_loss``/``test_acc`` per epoch. The training epoch values are accumulated in
+    torchmetrics states (no per-step ``self.log``) and logged once, at the epoch's last batch.
     """
 
     def __init__(
@@ -125,72 +146,115 @@ class MNISTClassifier(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.net, self.loss_fn = build_network(backend, hidden_sizes, activation, dropout, save_activations)
-        self.train_acc = MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro")
+        # Per-step work is kept small: no input validation, no NaN check (a host sync on CUDA).
+        self.train_loss = MeanMetric(nan_strategy="disable")
+        self.train_acc = MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro", validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro")
+        self._train_epoch_logged = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, 10)`` for images ``(N, 1, 28, 28)`` or ``(N, 784)``."""
         return self.net(x.flatten(1))
 
-    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: Stage) -> torch.Tensor:
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: Stage) -> None:
         x, y = batch
         logits = self(x)
         loss = self.loss_fn(logits, y)
         acc: MulticlassAccuracy = getattr(self, f"{stage}_acc")
-        acc(logits, y)
-        on_step = stage == "train"
-        self.log(f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=True)
+        acc.update(logits, y)
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log(f"{stage}_acc", acc, on_step=False, on_epoch=True, prog_bar=True)
-        return loss
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train")
+        x, y = batch
+        logits = self(x)
+        loss = self.loss_fn(logits, y)
+        with torch.no_grad():
+            self.train_loss.update(loss.detach(), weight=len(y))  # the batch-size-weighted mean, as self.log's
+            self.train_acc.update(logits.detach(), y)
+        # self.log costs far more than a step's bookkeeping: log the step loss only on the steps
+        # the trainer writes (those where ``trainer.log_every_n_steps`` divides the step count).
+        every: int = self.trainer.log_every_n_steps  # type: ignore[attr-defined]  # set at runtime
+        if every > 0 and (self.global_step + 1) % every == 0:
+            self.log("train_loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, sync_dist=True)
+        if batch_idx + 1 >= self.trainer.num_training_batches:
+            self._log_train_epoch()
+        return loss
+
+    def _log_train_epoch(self) -> None:
+        """Log the epoch's training loss and accuracy (torchmetrics computes, syncs and resets them).
+
+        Called at the last batch, so that callbacks reading ``trainer.callback_metrics`` in
+        ``on_train_epoch_end`` (before this module's own hook runs) see them.
+        """
+        self.log("train_loss_epoch", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        self._train_epoch_logged = True
+
+    def on_train_epoch_start(self) -> None:
+        self._train_epoch_logged = False
+
+    def on_train_epoch_end(self) -> None:
+        # An epoch cut short (``trainer.should_stop`` mid-epoch, ``max_steps``) still logs its metrics.
+        if not self._train_epoch_logged and self.train_acc.update_count > 0:
+            self._log_train_epoch()
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._shared_step(batch, "val")
+        self._eval_step(batch, "val")
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._shared_step(batch, "test")
+        self._eval_step(batch, "test")
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self(batch[0]).argmax(dim=-1)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Reseeding per batch makes dropout a function of (seed, epoch, batch, rank) only, whatever
-        # else consumed the global RNG: resuming from an epoch-end checkpoint is exact.
+        # else consumed the RNG: resuming from an epoch-end checkpoint is exact.
         key = (self.hparams["seed"] * 1_000_003 + self.current_epoch) * 1_000_003 + batch_idx
-        torch.manual_seed(key * 1_009 + self.global_rank)
+        seed_device_rng(key * 1_009 + self.global_rank, self.device)
 
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        decay = [p for p in self.parameters() if p.requires_grad and p.ndim >= 2]
-        no_decay = [p for p in self.parameters() if p.requires_grad and p.ndim < 2]
-        groups = [
-            {"params": decay, "weight_decay": hp["weight_decay"]},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        opt: torch.optim.Optimizer
-        if hp["optimizer"] == "adamw":
-            opt = torch.optim.AdamW(groups, lr=hp["lr"])
-        elif hp["optimizer"] == "sgd":
-            opt = torch.optim.SGD(groups, lr=hp["lr"], momentum=hp["momentum"], nesterov=hp["nesterov"])
-        else:
-            raise ValueError(f"Unknown optimizer {hp['optimizer']!r}: expected 'adamw' or 'sgd'.")
-        if hp["scheduler"] == "none":
+        opt, sched = make_optimizer(self, int(self.trainer.estimated_stepping_batches))
+        if sched is None:
             return opt
-        total = int(self.trainer.estimated_stepping_batches)
-        sched: torch.optim.lr_scheduler.LRScheduler
-        if hp["scheduler"] == "onecycle":
-            sched = torch.optim.lr_scheduler.OneCycleLR(
-                opt,
-                max_lr=hp["lr"],
-                total_steps=total,
-                pct_start=hp["warmup_pct"],
-                cycle_momentum=hp["optimizer"] == "sgd",
-            )
-        elif hp["scheduler"] == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-        else:
-            raise ValueError(f"Unknown scheduler {hp['scheduler']!r}: expected 'onecycle', 'cosine' or 'none'.")
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def make_optimizer(
+    model: MNISTClassifier, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+    """The optimizer and per-step LR scheduler (``None`` for ``scheduler="none"``) of ``model``'s
+    hyperparameters; weight matrices decay, biases do not. ``total_steps``: the run's optimizer steps.
+    """
+    hp = model.hparams
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [
+        {"params": decay, "weight_decay": hp["weight_decay"]},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    opt: torch.optim.Optimizer
+    if hp["optimizer"] == "adamw":
+        opt = torch.optim.AdamW(groups, lr=hp["lr"])
+    elif hp["optimizer"] == "sgd":
+        opt = torch.optim.SGD(groups, lr=hp["lr"], momentum=hp["momentum"], nesterov=hp["nesterov"])
+    else:
+        raise ValueError(f"Unknown optimizer {hp['optimizer']!r}: expected 'adamw' or 'sgd'.")
+    if hp["scheduler"] == "none":
+        return opt, None
+    sched: torch.optim.lr_scheduler.LRScheduler
+    if hp["scheduler"] == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt,
+            max_lr=hp["lr"],
+            total_steps=total_steps,
+            pct_start=hp["warmup_pct"],
+            cycle_momentum=hp["optimizer"] == "sgd",
+        )
+    elif hp["scheduler"] == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    else:
+        raise ValueError(f"Unknown scheduler {hp['scheduler']!r}: expected 'onecycle', 'cosine' or 'none'.")
+    return opt, sched

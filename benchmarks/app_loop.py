@@ -1,0 +1,305 @@
+"""The training app's epoch against a bare PyTorch loop over the same data, model and optimizer.
+
+Method. One process builds the app exactly as ``python -m train.mnist fit --config <config>`` does
+(``LightningCLI`` with ``run=False``: the config's ``MNISTClassifier``, ``MNISTDataModule``,
+trainer, logger, checkpointing, learning-curve callback and progress bar; logs and checkpoints go to
+a temporary folder) and calls ``trainer.fit``. A callback times every training epoch of the app
+(**A**) and, at the epoch boundaries, runs an epoch of the bare loop (**B**) on its own
+``MNISTClassifier`` (same class and hyperparameters), with the same optimizer and per-step LR
+scheduler (:func:`train.model.make_optimizer`), the same ±``shift_augment`` px shift augmentation
+(:func:`train.data.random_shift`) and the same preloaded, normalised training tensors (the data
+module's own ``datasets["train"]``), shuffled per epoch::
+
+    for x, y in batches:
+        opt.zero_grad(); loss = loss_fn(net(aug(x)), y); loss.backward(); opt.step(); sched.step()
+
+The order is ABBA (B0 A0 A1 B1 B2 A2 A3 B3 ...), so a slow drift of the shared machine's speed
+affects both sides alike; pair ``i`` is (A_i, B_i).
+
+What an app epoch counts: wall time from its ``on_train_epoch_start`` to the next epoch's (or
+``on_train_end``): training batches, logging, metrics, progress bar, reseeding, augmentation, the
+data loader, epoch-end hooks and checkpointing, **minus** the validation loop, which is timed
+(``on_validation_start`` to ``on_validation_end``) and reported separately. The bare loop does no
+validation.
+
+Warm-up: manualgrad compiles one kernel per shape (process-wide cache), so the first ``--warmup``
+pairs (default 1: both sides see the full and the last, short batch shape, and the app its
+validation shapes) are reported separately and not counted. The ratio is the median of the
+per-pair ratios A_i / B_i; the table also gives the medians of A and B, and the same for the process
+CPU time (``time.process_time``), which a busy shared machine disturbs less than wall time.
+
+Usage::
+
+    python -m benchmarks.app_loop                       # configs/default.yaml, 1 warm-up + 3 pairs
+    python -m benchmarks.app_loop --rounds 5 --limit-batches 100   # quicker, partial epochs
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from train.data import MNIST_MEAN, MNIST_STD, MNISTDataModule, random_shift
+from train.mnist import cli_main
+from train.model import MNISTClassifier, make_optimizer
+
+__all__ = ["BareLoop", "Interleave", "main", "run"]
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class BareLoop:
+    """A plain training loop over the data module's preloaded training tensors.
+
+    Args:
+        model: a fresh ``MNISTClassifier`` (its ``net`` and ``loss_fn`` are used as in the app).
+        data: the app's data module, already set up (its ``datasets["train"]`` tensors are used).
+        total_steps: optimizer steps the LR schedule spans (the app's ``estimated_stepping_batches``).
+        limit_batches: batches per epoch (``None``: all).
+    """
+
+    def __init__(self, model: MNISTClassifier, data: MNISTDataModule, total_steps: int, limit_batches: int | None):
+        ds = data.datasets["train"]
+        self.images, self.labels = ds.images, ds.labels
+        self.device = self.labels.device
+        self.model = model.to(self.device).train()
+        self.opt, self.sched = make_optimizer(self.model, total_steps)
+        self.batch_size = int(data.hparams["batch_size"])
+        self.shift = int(data.hparams["shift_augment"])
+        self.seed = int(data.hparams["shuffle_seed"])
+        self.background = (0.0 - MNIST_MEAN) / MNIST_STD
+        self.limit_batches = limit_batches
+        self.generator = torch.Generator(device=self.device)
+
+    def epoch(self, epoch: int) -> tuple[float, float]:
+        """Train one epoch; return its wall and process CPU times in seconds."""
+        _sync(self.device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        n = len(self.labels)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch)).to(self.device)
+        self.generator.manual_seed((self.seed + epoch) * 1_000_003)
+        batches = perm.split(self.batch_size)
+        if self.limit_batches is not None:
+            batches = batches[: self.limit_batches]
+        net, loss_fn, opt, sched = self.model, self.model.loss_fn, self.opt, self.sched
+        with torch.enable_grad():
+            for idx in batches:
+                x, y = self.images[idx], self.labels[idx]
+                if self.shift > 0:
+                    x = random_shift(x, self.shift, self.background, self.generator)
+                opt.zero_grad()
+                loss = loss_fn(net(x), y)
+                loss.backward()
+                opt.step()
+                if sched is not None:
+                    sched.step()
+        _sync(self.device)
+        return time.perf_counter() - t0, time.process_time() - c0
+
+
+class Interleave(pl.Callback):
+    """Time the app's training epochs and run bare epochs between them in ABBA order.
+
+    ``epochs`` app epochs are trained (then ``trainer.should_stop``); pair ``i`` is app epoch ``i``
+    and bare epoch ``i``; bare epoch ``i`` runs before app epoch ``i`` for even ``i``, after it for
+    odd ``i``. The :class:`BareLoop` is built in ``on_train_start``, once the data module is set up.
+    """
+
+    def __init__(self, model: MNISTClassifier, data: MNISTDataModule, epochs: int, limit: int | None) -> None:
+        self.model, self.data, self.epochs, self.limit = model, data, epochs, limit
+        self.bare: BareLoop | None = None
+        self.app: list[float] = []
+        self.bare_times: list[float] = []
+        self.app_cpu: list[float] = []
+        self.bare_cpu: list[float] = []
+        self.val: list[float] = []
+        self._t0: float | None = None
+        self._c0 = 0.0
+        self._val_t0 = self._val_c0 = 0.0
+        self._val_in_epoch = self._val_cpu_in_epoch = 0.0
+        self._device = torch.device("cpu")
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.bare = BareLoop(self.model, self.data, int(trainer.estimated_stepping_batches), self.limit)
+        self._device = self.bare.device
+
+    def _close_app_epoch(self, trainer: pl.Trainer) -> None:
+        if self._t0 is None:
+            return
+        _sync(self._device)
+        self.app.append(time.perf_counter() - self._t0 - self._val_in_epoch)
+        self.app_cpu.append(time.process_time() - self._c0 - self._val_cpu_in_epoch)
+        self.val.append(self._val_in_epoch)
+        self._t0 = None
+
+    def _run_bare(self, upto: int) -> None:
+        """Run bare epochs until ``upto`` of them have run."""
+        assert self.bare is not None
+        while len(self.bare_times) < upto:
+            wall, cpu = self.bare.epoch(len(self.bare_times))
+            self.bare_times.append(wall)
+            self.bare_cpu.append(cpu)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._close_app_epoch(trainer)
+        k = trainer.current_epoch
+        # ABBA: before an even app epoch k run B_{k-1} (odd, after its A) and B_k.
+        if k % 2 == 0:
+            self._run_bare(k + 1)
+        self._val_in_epoch = self._val_cpu_in_epoch = 0.0
+        _sync(self._device)
+        self._t0, self._c0 = time.perf_counter(), time.process_time()
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            _sync(self._device)
+            self._val_t0, self._val_c0 = time.perf_counter(), time.process_time()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and self._t0 is not None:
+            _sync(self._device)
+            self._val_in_epoch += time.perf_counter() - self._val_t0
+            self._val_cpu_in_epoch += time.process_time() - self._val_c0
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._close_app_epoch(trainer)
+        self._run_bare(len(self.app))
+
+
+@dataclass(frozen=True)
+class Result:
+    """Per-epoch seconds of both sides (warm-up pairs first) and the app's validation times."""
+
+    app: list[float]
+    bare: list[float]
+    app_cpu: list[float]
+    bare_cpu: list[float]
+    val: list[float]
+    warmup: int
+    batches: int
+    progress_bar: str
+
+    @property
+    def ratios(self) -> list[float]:
+        return [a / b for a, b in zip(self.app[self.warmup :], self.bare[self.warmup :], strict=True)]
+
+    @property
+    def cpu_ratios(self) -> list[float]:
+        return [a / b for a, b in zip(self.app_cpu[self.warmup :], self.bare_cpu[self.warmup :], strict=True)]
+
+
+def run(
+    config: Path = DEFAULT_CONFIG,
+    rounds: int = 3,
+    warmup: int = 1,
+    limit_batches: int | None = None,
+    extra_args: Sequence[str] = (),
+) -> Result:
+    """Build the app from ``config``, train ``warmup + rounds`` interleaved pairs, return the times."""
+    epochs = warmup + rounds
+    with tempfile.TemporaryDirectory(prefix="app_loop-") as tmp:
+        args = [
+            "--config",
+            str(config),
+            f"--trainer.default_root_dir={tmp}",
+            f"--trainer.logger.init_args.save_dir={tmp}",
+        ]
+        if limit_batches is not None:
+            args.append(f"--trainer.limit_train_batches={limit_batches}")
+        argv, sys.argv = sys.argv, sys.argv[:1]  # the CLI reads only ``args``
+        try:
+            cli = cli_main([*args, *extra_args], run=False)
+        finally:
+            sys.argv = argv
+        trainer, model, data = cli.trainer, cli.model, cli.datamodule
+        assert isinstance(model, MNISTClassifier) and isinstance(data, MNISTDataModule)
+        if trainer.max_epochs is None or trainer.max_epochs < epochs:
+            trainer.fit_loop.max_epochs = epochs
+        params = inspect.signature(MNISTClassifier).parameters
+        bare_model = MNISTClassifier(**{k: v for k, v in model.hparams.items() if k in params})
+        bare_model.load_state_dict(model.state_dict())
+        timer = Interleave(bare_model, data, epochs, limit_batches)
+        trainer.callbacks.append(timer)  # type: ignore[attr-defined]
+        trainer.fit(model, datamodule=data)
+        bar = trainer.progress_bar_callback
+        bar_desc = "none" if bar is None else f"{type(bar).__name__}(refresh_rate={getattr(bar, 'refresh_rate', '?')})"
+        return Result(
+            app=timer.app,
+            bare=timer.bare_times,
+            app_cpu=timer.app_cpu,
+            bare_cpu=timer.bare_cpu,
+            val=timer.val,
+            warmup=warmup,
+            batches=int(trainer.num_training_batches),
+            progress_bar=bar_desc,
+        )
+
+
+def format_table(result: Result) -> str:
+    """A markdown table: warm-up and measured pairs, medians and the median per-pair ratios."""
+    w = result.warmup
+    lines = [
+        "| pair | app epoch (s) | bare epoch (s) | app / bare | app CPU (s) | bare CPU (s) | CPU app / bare "
+        "| app validation (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    rows = zip(result.app, result.bare, result.app_cpu, result.bare_cpu, result.val, strict=True)
+    for i, (a, b, ac, bc, v) in enumerate(rows):
+        label = f"{i} (warm-up)" if i < w else str(i)
+        lines.append(f"| {label} | {a:.2f} | {b:.2f} | {a / b:.3f} | {ac:.2f} | {bc:.2f} | {ac / bc:.3f} | {v:.2f} |")
+    if result.ratios:
+        series = (result.app, result.bare, result.app_cpu, result.bare_cpu, result.val)
+        med = [statistics.median(xs[w:]) for xs in series]
+        ratio, cpu_ratio = statistics.median(result.ratios), statistics.median(result.cpu_ratios)
+        lines.append(
+            f"| **median** | **{med[0]:.2f}** | **{med[1]:.2f}** | **{ratio:.3f}** | {med[2]:.2f} | {med[3]:.2f} "
+            f"| {cpu_ratio:.3f} | {med[4]:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m benchmarks.app_loop [--config CFG] [--rounds N] [--warmup N] [--limit-batches N]``."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="app config (default: %(default)s)")
+    parser.add_argument("--rounds", "--epochs", type=int, default=3, help="measured ABBA pairs of epochs")
+    parser.add_argument("--warmup", type=int, default=1, help="warm-up pairs, reported but not counted")
+    parser.add_argument("--limit-batches", type=int, default=None, help="training batches per epoch (default: all)")
+    parser.add_argument("extra", nargs="*", help="extra LightningCLI arguments for the app (after --)")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.warmup < 0:
+        parser.error("--rounds must be >= 1 and --warmup >= 0")
+    result = run(args.config, args.rounds, args.warmup, args.limit_batches, args.extra)
+    print()
+    print(
+        f"## App epoch vs bare loop: {args.config.name}, {result.batches} batches/epoch, "
+        f"{torch.get_num_threads()} threads, progress bar: {result.progress_bar}, "
+        f"stdout {'is' if sys.stdout.isatty() else 'is not'} a terminal; validation excluded (last column)\n"
+    )
+    print(format_table(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
