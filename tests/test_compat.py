@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import manualgrad.functional as MF
 from manualgrad import _compat
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,34 +190,6 @@ def test_no_eager_twin_where_apply_ignores_the_placeholder() -> None:
     """Where torch's apply stopped reading the classic-form placeholder, the probe says so."""
     assert _compat.classic_form_works(_compat.CLASSIC_SETUP_CONTEXT)
     assert not _compat.classic_form_works(staticmethod(lambda ctx, inputs, output: None))
-
-
-def test_without_inductor_warns_once_and_leaves_eager_results(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``torch._inductor.compile_fx`` missing (ImportError): one warning, then the eager formulas."""
-    import manualgrad.nn as mnn
-    from manualgrad.fusion import FUSION
-
-    monkeypatch.setattr(FUSION, "broken", False)
-    monkeypatch.setattr(FUSION, "_kernels", {})
-    monkeypatch.setattr(FUSION, "min_numel", 0)
-    monkeypatch.setattr(FUSION, "patience", 0.0)  # compile at first use
-    net = mnn.MLP(8, [16], 4, activation="gelu")
-    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
-
-    def grads() -> list[torch.Tensor]:
-        return list(torch.autograd.grad(MF.cross_entropy(net(x), y), list(net.parameters())))
-
-    monkeypatch.setattr(FUSION, "enabled", False)
-    eager = grads()
-    monkeypatch.setattr(FUSION, "enabled", True)
-    monkeypatch.setitem(sys.modules, "torch._inductor.compile_fx", None)  # `import` raises ImportError
-    with pytest.warns(UserWarning, match=r"fused kernels unavailable.*torch\._inductor") as record:
-        fallen_back = grads()
-        again = grads()
-    assert len(record) == 1
-    assert FUSION.broken and not FUSION._kernels
-    for a, b, c in zip(eager, fallen_back, again, strict=True):
-        assert torch.equal(a, b) and torch.equal(a, c)
 
 
 def test_without_current_callable_the_official_call_is_kept() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from types import SimpleNamespace
 from typing import Any
 
@@ -43,13 +44,31 @@ def test_no_compiled_graph_keeps_the_official_call() -> None:
     assert _direct_call(_official, [], example) is _official
 
 
-def test_a_failing_compiler_warns_once_and_leaves_eager_results(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No C++ compiler (or any compile failure): one warning, then the eager formulas, same values."""
+def _compile_fx_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch._inductor.compile_fx as compile_fx
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("no C++ compiler")
 
+    monkeypatch.setattr(compile_fx, "compile_fx", broken)
+
+
+def _inductor_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch._inductor.compile_fx", None)  # `import` raises ImportError
+
+
+COMPILER_FAILURES = [
+    # (what breaks, the warning it gives)
+    pytest.param(_compile_fx_raises, r"no C\+\+ compiler", id="no-cxx-compiler"),
+    pytest.param(_inductor_missing, r"torch\._inductor", id="no-inductor"),
+]
+
+
+@pytest.mark.parametrize(("breakage", "message"), COMPILER_FAILURES)
+def test_a_failing_compiler_warns_once_and_leaves_eager_results(
+    monkeypatch: pytest.MonkeyPatch, breakage: Any, message: str
+) -> None:
+    """No C++ compiler, no inductor (or any compile failure): one warning, then the eager formulas, same values."""
     monkeypatch.setattr(FUSION, "broken", False)
     monkeypatch.setattr(FUSION, "_kernels", {})
     monkeypatch.setattr(FUSION, "min_numel", 0)
@@ -63,8 +82,8 @@ def test_a_failing_compiler_warns_once_and_leaves_eager_results(monkeypatch: pyt
     monkeypatch.setattr(FUSION, "enabled", False)
     eager = grads()
     monkeypatch.setattr(FUSION, "enabled", True)
-    monkeypatch.setattr(compile_fx, "compile_fx", broken)
-    with pytest.warns(UserWarning, match="fused kernels unavailable.*no C\\+\\+ compiler") as record:
+    breakage(monkeypatch)
+    with pytest.warns(UserWarning, match=f"fused kernels unavailable.*{message}") as record:
         fallen_back = grads()
         again = grads()
     assert len(record) == 1
