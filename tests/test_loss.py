@@ -784,3 +784,27 @@ def test_dynamo_traces_losses_without_graph_break() -> None:
 
     explanation = torch._dynamo.explain(f)(torch.randn(3, 4, requires_grad=True))
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+INDEX_GRAD_CASES = [
+    # (logits shape, targets, reduction)
+    pytest.param((16, 5), [0, 4, 2, 1] * 4, "mean", id="mean"),
+    pytest.param((16, 5), [0, 4, 2, 1] * 4, "sum", id="sum"),
+    pytest.param((16, 5), [0, -100, 4, 2] * 4, "mean", id="ignored-mean"),
+    pytest.param((4, 3), [-100] * 4, "mean", id="all-ignored"),
+    pytest.param((5,), 3, "mean", id="unbatched"),
+]
+
+
+@pytest.mark.parametrize(("shape", "targets", "reduction"), INDEX_GRAD_CASES)
+def test_cross_entropy_eager_form_is_the_same_arithmetic(shape: tuple[int, ...], targets: Any, reduction: str) -> None:
+    """``_index_grad_eager`` (p − onehot as a scatter_add) gives ``_index_grad``'s bits, and both torch's gradient."""
+    from manualgrad.functional.loss import _index_grad, _index_grad_eager
+
+    torch.manual_seed(0)
+    x, t = torch.randn(shape, dtype=torch.float64, requires_grad=True), torch.tensor(targets)
+    p, g = torch.softmax(x.detach(), -1), torch.tensor(0.7, dtype=torch.float64)
+    formula = _index_grad(g, p, t, reduction, -100)
+    assert torch.equal(_index_grad_eager(g, p, t, reduction, -100), formula)
+    (want,) = torch.autograd.grad(F.cross_entropy(x, t, reduction=reduction) * g, x)
+    torch.testing.assert_close(formula, want, rtol=1e-12, atol=1e-15)
