@@ -130,8 +130,9 @@ class _Fusion:
     ) -> Callable[..., tuple[Tensor, ...]] | None:
         start = time.perf_counter()
         fn = self._compile(formula, example)
-        self._compiles.append(time.perf_counter() - start)
-        self.compile_seconds = sum(self._compiles) / len(self._compiles)
+        if fn is not None:  # a failed compile says nothing about what one costs
+            self._compiles.append(time.perf_counter() - start)
+            self.compile_seconds = sum(self._compiles) / len(self._compiles)
         return fn
 
     def _compile(

@@ -69,8 +69,8 @@ def test_a_failing_compiler_warns_once_and_leaves_eager_results(
     monkeypatch: pytest.MonkeyPatch, breakage: Any, message: str
 ) -> None:
     """No C++ compiler, no inductor (or any compile failure): one warning, then the eager formulas, same values."""
-    monkeypatch.setattr(FUSION, "broken", False)
-    monkeypatch.setattr(FUSION, "_kernels", {})
+    for name, value in (("broken", False), ("_kernels", {}), ("_compiles", []), ("compile_seconds", 2.0)):
+        monkeypatch.setattr(FUSION, name, value)
     monkeypatch.setattr(FUSION, "min_numel", 0)
     monkeypatch.setattr(FUSION, "patience", 0.0)  # compile at first use
     net = mnn.MLP(8, [16], 4, activation="gelu")
@@ -88,6 +88,7 @@ def test_a_failing_compiler_warns_once_and_leaves_eager_results(
         again = grads()
     assert len(record) == 1
     assert FUSION.broken and not FUSION._kernels
+    assert FUSION.compile_seconds == 2.0 and not FUSION._compiles  # a failed compile is no measure of one
     for a, b, c in zip(eager, fallen_back, again, strict=True):
         assert torch.equal(a, b) and torch.equal(a, c)
 
@@ -130,8 +131,8 @@ def test_a_shape_compiles_only_once_it_has_paid(monkeypatch: pytest.MonkeyPatch)
 
 def test_new_batch_sizes_compile_nothing_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     """A training step at a new batch size each time (Poisson sampling) runs the eager formulas."""
-    monkeypatch.setattr(FUSION, "_kernels", {})
-    monkeypatch.setattr(FUSION, "_eager_seconds", {})
+    for name, value in (("_kernels", {}), ("_eager_seconds", {}), ("_compiles", []), ("compile_seconds", 2.0)):
+        monkeypatch.setattr(FUSION, name, value)
     torch.manual_seed(0)
     net = mnn.MLP(64, [128, 128], 10, activation="gelu")
     ref = torch.nn.Sequential(*(m for m in copy_native(net)))
