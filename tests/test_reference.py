@@ -51,6 +51,11 @@ def sample(act: Activation, *shape: int, dtype: torch.dtype = f64) -> Tensor:
     return torch.rand(*shape, dtype=dtype) * (hi - lo) + lo
 
 
+def _bf16(t: Tensor) -> Tensor:
+    """``t`` rounded to bfloat16, in float64."""
+    return t.to(torch.bfloat16).to(f64)
+
+
 def act_cases() -> list[Any]:
     return [
         pytest.param(act, params, id="-".join([act.name, *map(str, params)]))
@@ -228,7 +233,8 @@ def test_activation_forward_ad_and_double_backward(act: Activation, params: tupl
 @pytest.mark.parametrize(("act", "params"), INPLACE_CASES)
 def test_inplace_activation_forward_ad_and_double_backward(act: Activation, params: tuple[Any, ...]) -> None:
     """In place (``ElementwiseInplace``): its tangent, and in double backward the gradient that
-    reaches the saved copy of z (``grad_z``), against torch's out-of-place op."""
+    reaches the saved copy of z (``grad_z``), alone and with one for the output (``a²`` uses both),
+    against torch's out-of-place op."""
     ref = native(act, params)
     z = sample(act, 4, 5).requires_grad_()
     dz = torch.randn_like(z)
@@ -238,6 +244,60 @@ def test_inplace_activation_forward_ad_and_double_backward(act: Activation, para
 
     assert_ref(tangent_of(mine, [z], [dz]), tangent_of(ref, [z], [dz]))
     assert_all_ref(second_order(mine, [z]), second_order(ref, [z]))
+    assert_all_ref(second_order(lambda t: mine(t) ** 2, [z]), second_order(lambda t: ref(t) ** 2, [z]))
+
+
+# ---------------------------------------------------------------------------------------------
+# The bf16 save mode, eager.
+# ---------------------------------------------------------------------------------------------
+
+# σ' from the saved output, for the activations whose derivative the stack computes from it
+OUTPUT_DERIVATIVES: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": lambda a: (a > 0).to(f64),
+    "tanh": lambda a: 1 - a * a,
+    "sigmoid": lambda a: a * (1 - a),
+}
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "gelu", "silu"])
+def test_bf16_save_mode_matches_float64_from_rounded_tensors(activation: str) -> None:
+    """``mnn.MLP(..., save_dtype=torch.bfloat16)``: the gradients torch's formulas give, in float64,
+    from the hidden tensors rounded to bfloat16 (z where σ' needs it, a as the next layer's input)."""
+    torch.manual_seed(0)
+    act = ACTIVATIONS[activation]
+    net = mnn.MLP(8, [16, 12], 4, activation=activation, save_dtype=torch.bfloat16)
+    x, g = torch.randn(10, 8), torch.randn(10, 4)
+    y = net(x)
+    got = torch.autograd.grad(y, list(net.parameters()), g)
+    # the float32 forward, as torch.nn computes it (the same values manualgrad's forward gives)
+    linears = [m for m in net if isinstance(m, mnn.Linear)]
+    h, saved_in, saved_s = x, [], []
+    for i, lin in enumerate(linears):
+        saved_in.append(h.to(f64) if i == 0 else _bf16(h))
+        z = F.linear(h, lin.weight.detach(), lin.bias.detach())
+        if i == len(linears) - 1:
+            h = z
+            break
+        h = native(act, ())(z)
+        saved_s.append(_bf16(z) if act.saves == "input" else _bf16(h))
+    torch.testing.assert_close(y, h, rtol=0, atol=0)
+    # the backward in float64 from the rounded tensors
+    want: list[Tensor] = []
+    delta = g.to(f64)
+    for i in range(len(linears) - 1, -1, -1):
+        lin = linears[i]
+        want[:0] = [delta.T @ saved_in[i], delta.sum(0)]
+        if i == 0:
+            break
+        g_a = delta @ lin.weight.detach().to(f64)
+        s = saved_s[i - 1]
+        if act.saves == "input":
+            zs = s.clone().requires_grad_()
+            (prime,) = torch.autograd.grad(native(act, ())(zs).sum(), zs)
+        else:
+            prime = OUTPUT_DERIVATIVES[activation](s)
+        delta = g_a * prime
+    assert_all_ref(list(got), want, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,11 +321,6 @@ def _torch_twin(net: nn.Module, dtype: torch.dtype = f64) -> nn.Sequential:
     ref = nn.Sequential(nn.Linear(a, b), nn.GELU(), nn.Linear(b, c), nn.Sigmoid()).to(dtype)
     ref.load_state_dict(net.state_dict())
     return ref
-
-
-def _bf16(t: Tensor) -> Tensor:
-    """``t`` rounded to bfloat16, in float64."""
-    return t.to(torch.bfloat16).to(f64)
 
 
 def bf16_reference(net: mnn.Sequential, x: Tensor, g: Tensor) -> list[Tensor]:
@@ -358,56 +413,3 @@ def test_compiled_kernels_match_torch(path: str, compiled_results: dict[str, Any
     """float32 kernels against float64 torch at rtol 1e-5: a 1e-3 error in any output fails."""
     got, want = compiled_results[path]
     assert_all_ref(got, want, rtol=1e-5)
-
-
-# ---------------------------------------------------------------------------------------------
-# The bf16 save mode, eager.
-# ---------------------------------------------------------------------------------------------
-
-# σ' from the saved output, for the activations whose derivative the stack computes from it
-OUTPUT_DERIVATIVES: dict[str, Callable[[Tensor], Tensor]] = {
-    "relu": lambda a: (a > 0).to(f64),
-    "tanh": lambda a: 1 - a * a,
-    "sigmoid": lambda a: a * (1 - a),
-}
-
-
-@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "gelu", "silu"])
-def test_bf16_save_mode_matches_float64_from_rounded_tensors(activation: str) -> None:
-    """``mnn.MLP(..., save_dtype=torch.bfloat16)``: the gradients torch's formulas give, in float64,
-    from the hidden tensors rounded to bfloat16 (z where σ' needs it, a as the next layer's input)."""
-    torch.manual_seed(0)
-    act = ACTIVATIONS[activation]
-    net = mnn.MLP(8, [16, 12], 4, activation=activation, save_dtype=torch.bfloat16)
-    x, g = torch.randn(10, 8), torch.randn(10, 4)
-    y = net(x)
-    got = torch.autograd.grad(y, list(net.parameters()), g)
-    # the float32 forward, as torch.nn computes it (the same values manualgrad's forward gives)
-    linears = [m for m in net if isinstance(m, mnn.Linear)]
-    h, saved_in, saved_s = x, [], []
-    for i, lin in enumerate(linears):
-        saved_in.append(h.to(f64) if i == 0 else _bf16(h))
-        z = F.linear(h, lin.weight.detach(), lin.bias.detach())
-        if i == len(linears) - 1:
-            h = z
-            break
-        h = native(act, ())(z)
-        saved_s.append(_bf16(z) if act.saves == "input" else _bf16(h))
-    torch.testing.assert_close(y, h, rtol=0, atol=0)
-    # the backward in float64 from the rounded tensors
-    want: list[Tensor] = []
-    delta = g.to(f64)
-    for i in range(len(linears) - 1, -1, -1):
-        lin = linears[i]
-        want[:0] = [delta.T @ saved_in[i], delta.sum(0)]
-        if i == 0:
-            break
-        g_a = delta @ lin.weight.detach().to(f64)
-        s = saved_s[i - 1]
-        if act.saves == "input":
-            zs = s.clone().requires_grad_()
-            (prime,) = torch.autograd.grad(native(act, ())(zs).sum(), zs)
-        else:
-            prime = OUTPUT_DERIVATIVES[activation](s)
-        delta = g_a * prime
-    assert_all_ref(list(got), want, rtol=1e-5)
