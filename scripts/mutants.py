@@ -8,7 +8,9 @@ that should kill it; those run first, alone, and the whole fast suite runs only 
 not kill (a failure of a part of the fast suite is a failure of the fast suite). The unmutated copy
 runs the same way first (the baseline): the suite must pass on it.
 
-The last line is ``mutants killed: K/N``; the exit status is 1 if any mutant survived.
+The last line is ``mutants killed: K/N``; the exit status is 1 if any mutant survived (a run past
+``--timeout`` counts as killed and is marked ``timeout``). Per-sample gradients and gradient
+clipping get their mutants here when they land.
 
     python scripts/mutants.py              # every mutant, then exit 1 if any survived
     python scripts/mutants.py --list       # the table of mutants
