@@ -14,9 +14,9 @@ COMPAT_PYTEST_ARGS ?= -n 2 --dist loadgroup
 # The tests of manualgrad itself (and its doctests): no lightning/torchvision needed.
 CORE_TESTS   := manualgrad tests/test_activations.py tests/test_amp.py tests/test_compat.py tests/test_compile.py \
                 tests/test_dense.py tests/test_errors.py tests/test_fusion.py tests/test_gpu.py tests/test_loss.py tests/test_modules.py \
-                tests/test_softmax.py
+                tests/test_reference.py tests/test_softmax.py
 
-.PHONY: setup test test-fast test-compat lint train bench clean
+.PHONY: setup test test-fast test-compat mutants lint train bench clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,10 @@ test: setup lint
 
 test-fast: setup
 	$(PY) -m pytest -n 2 -m "not slow"
+
+# Not in .ci/run (minutes): each deliberate formula error of scripts/mutants.py must fail `make test-fast`.
+mutants: setup
+	$(PY) scripts/mutants.py
 
 # Not in .ci/run: installing the old torch takes minutes and gigabytes.
 $(COMPAT_STAMP): pyproject.toml Makefile

@@ -151,17 +151,17 @@ def _bind(grad: Callable[..., Tensor], params: tuple[Any, ...]) -> Callable[[Ten
 
 
 def _relu_grad(g: Tensor, a: Tensor) -> Tensor:
-    """dC/dz = dC/da ⊙ 1[a > 0] = dC/da ⊙ sign(a), as a ≥ 0 (0 at the kink z = 0, as torch)."""
-    return g * a.sign()
+    """dC/dz = dC/da ⊙ 1[¬(a ≤ 0)]: 0 at the kink z = 0, and a NaN passes dC/da (torch's threshold_backward)."""
+    return torch.where(a <= 0, 0.0, g)
 
 
 def _relu_grad_(g: Tensor, a: Tensor) -> Tensor:
     """In place on g, the same arithmetic as ``_relu_grad``."""
-    return g.mul_(a.sign())
+    return g.masked_fill_(a <= 0, 0.0)
 
 
 def _bounded_grad(g: Tensor, a: Tensor, lo: float, hi: float) -> Tensor:
-    """dC/dz = dC/da ⊙ 1[lo < a < hi] (hardtanh, relu6: 0 on both kinks, as torch)."""
+    """dC/dz = dC/da ⊙ 1[lo < a < hi] (hardtanh, relu6: 0 on both kinks and at a NaN, as torch)."""
     return torch.where((a > lo) & (a < hi), g, 0.0)
 
 
@@ -260,7 +260,7 @@ def _hardswish_grad(g: Tensor, z: Tensor) -> Tensor:
 
     The kinks are torch's from 2.7 on; torch 2.6 and earlier give −0.5 at −3 and 1.5 at 3.
     """
-    inner = torch.where(z < 3.0, g * (z / 3.0 + 0.5), g)
+    inner = torch.where(z >= 3.0, g, g * (z / 3.0 + 0.5))  # a NaN z takes the middle piece: NaN, as torch
     return torch.where(z <= -3.0, 0.0, inner)
 
 
@@ -283,13 +283,13 @@ def _tanhshrink_grad(g: Tensor, z: Tensor) -> Tensor:
 
 
 def _threshold_grad(g: Tensor, z: Tensor, threshold: float, value: float) -> Tensor:
-    """Threshold(z) = z if z > threshold else value:  σ'(z) = 1[z > threshold]."""
-    return torch.where(z > threshold, g, 0.0)
+    """Threshold(z) = z if z > threshold else value:  σ'(z) = 1[¬(z ≤ threshold)] (a NaN passes, as torch)."""
+    return torch.where(z <= threshold, 0.0, g)
 
 
 def _shrink_grad(g: Tensor, z: Tensor, lambd: float) -> Tensor:
-    """Hardshrink / Softshrink:  σ'(z) = 1[|z| > λ] (0 on the kinks ±λ, as torch)."""
-    return torch.where((z >= -lambd) & (z <= lambd), 0.0, g)
+    """Hardshrink / Softshrink:  σ'(z) = 1[|z| > λ] (0 on the kinks ±λ and at a NaN, as torch)."""
+    return torch.where((z < -lambd) | (z > lambd), g, 0.0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -116,6 +116,59 @@ def test_kinks_match_torch_exactly(act: Activation, params: tuple[Any, ...]) -> 
     torch.testing.assert_close(gx, gx_ref, rtol=1e-7, atol=0)
 
 
+NAN, INF = float("nan"), float("inf")
+
+
+def nonfinite_inputs(act: Activation, dtype: torch.dtype) -> torch.Tensor:
+    """64 values (every element in torch's vectorised loop): random ones, NaN, ±inf and ±1e4."""
+    g = torch.Generator().manual_seed(0)
+    lo, hi = act.sample
+    x = torch.rand(64, generator=g, dtype=dtype) * (hi - lo) + lo
+    special = torch.tensor([NAN, NAN, INF, INF, -INF, -INF, 1e4, -1e4, NAN, 0.0], dtype=dtype)
+    x[torch.randperm(64, generator=g)[:10]] = special
+    return x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize(("act", "params"), CASES)
+def test_nan_and_inf_inputs_match_torch(act: Activation, params: tuple[Any, ...], dtype: torch.dtype) -> None:
+    """NaN and ±inf inputs (and NaN in grad_output): torch's outputs and gradients, in place too.
+
+    Where torch's CPU kernel and its scalar tail disagree (a NaN input to hardtanh, relu6, the
+    shrinks, the ELUs: 0 or NaN in the vectorised loop, dC/da in the last few elements), manualgrad
+    gives the vectorised loop's value, what all but a tensor's last few elements get; the 64 inputs
+    here all run in that loop. ReLU and Threshold pass dC/da at a NaN, as torch's threshold_backward
+    everywhere. One deliberate divergence: :func:`test_softsign_at_infinity_is_the_limit`.
+    (An infinite grad_output is not covered: manualgrad's fused forms such as tanh's g − (g·a)·a give
+    NaN where torch's g·(1 − a²) gives ±inf.)
+    """
+    x = nonfinite_inputs(act, dtype)
+    g = torch.randn(64, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    g[::9] = NAN
+    negative_slope = act.name == "leaky_relu" and params[0] < 0  # torch refuses it in place
+    for inplace in (False, True) if act.inplace and not negative_slope else (False,):
+        y_ref, gx_ref = grads_of(native(act, params, inplace), x, g)
+        y, gx = grads_of(twin(act, params, inplace), x, g)
+        if act.name == "softsign":
+            gx_ref = torch.where(
+                x.isinf(), g * 0.0, gx_ref
+            )  # 0 (NaN for a NaN g): test_softsign_at_infinity_is_the_limit
+        torch.testing.assert_close(y, y_ref, rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(gx, gx_ref, equal_nan=True)
+
+
+def test_softsign_at_infinity_is_the_limit() -> None:
+    """Softsign'(±inf): manualgrad's 1/(1 + |z|)² gives 0, the limit of σ'(z) as |z| → ∞; torch
+    differentiates its composite z/(1 + |z|) op by op, inf/inf, and gives NaN. manualgrad keeps
+    the limit: a finite gradient for a saturated unit, as tanh and sigmoid give."""
+    x = torch.tensor([INF, -INF, 3.0], dtype=torch.float64)
+    g = torch.tensor([0.5, -2.0, 1.0], dtype=torch.float64)
+    _, gx = grads_of(mnn.Softsign(), x, g)
+    _, gx_ref = grads_of(nn.Softsign(), x, g)
+    assert gx[:2].tolist() == [0.0, 0.0] and gx_ref[:2].isnan().all()
+    torch.testing.assert_close(gx[2], gx_ref[2])
+
+
 LAYOUTS = {
     "empty-batch": lambda a: sample(a, 0, 3),
     "unbatched": lambda a: sample(a, 5),

@@ -17,6 +17,7 @@ from torch.autograd import gradcheck, gradgradcheck
 import manualgrad
 import manualgrad.functional as MF
 import manualgrad.nn as mnn
+from tests.helpers import assert_all_ref, assert_ref, second_order, tangent_of
 
 pytestmark = pytest.mark.filterwarnings("ignore:reduction. 'mean' divides:UserWarning")
 
@@ -808,3 +809,162 @@ def test_cross_entropy_eager_form_is_the_same_arithmetic(shape: tuple[int, ...],
     assert torch.equal(_index_grad_eager(g, p, t, reduction, -100), formula)
     (want,) = torch.autograd.grad(F.cross_entropy(x, t, reduction=reduction) * g, x)
     torch.testing.assert_close(formula, want, rtol=1e-12, atol=1e-15)
+
+
+# ---------------------------------------------------------------------------------------------
+# References: torch's forward AD and double backward, the weighted losses' weight gradients,
+# NaN/±inf inputs.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize(("name", "args", "diff", "kwargs"), CASES)
+def test_forward_ad_and_double_backward_match_torch(
+    name: str, args: list[Any], diff: tuple[int, ...], kwargs: dict[str, Any]
+) -> None:
+    """Tangents on every differentiable argument, and the double-backward path, against torch's own
+    in float64 at rtol 1e-7 (gradcheck's default tolerances would let a 1e-4 error through)."""
+    built, kw = _build(args, kwargs, torch.float64, seed=2)
+    call, d = _split(name, built, diff, kw)
+    tangents = [torch.randn_like(t) for t in d]
+    assert_ref(
+        tangent_of(lambda *t: call(MF, *t), d, tangents),
+        tangent_of(lambda *t: call(F, *t), d, tangents),
+    )
+    inputs = [t.clone().requires_grad_() for t in d]
+    assert_all_ref(second_order(lambda *t: call(MF, *t), inputs), second_order(lambda *t: call(F, *t), inputs))
+
+
+WEIGHTED = [
+    pytest.param(name, reduction, id=f"{name.removesuffix('_loss')}-weight-{reduction}")
+    for name in ("mse_loss", "l1_loss", "huber_loss")
+    for reduction in ("none", "mean", "sum")
+]
+
+
+@pytest.mark.parametrize(("name", "reduction"), WEIGHTED)
+def test_weighted_loss_weight_gradient(name: str, reduction: str) -> None:
+    """``weight`` takes a gradient in torch (its weighted losses are ordinary ops): the weight
+    gradient (the weighted mean's ``(ℓ − L)/Σw``), its tangent and double backward, against torch."""
+    g = torch.Generator().manual_seed(3)
+    x, t = (torch.randn(3, 4, generator=g, dtype=torch.float64) for _ in range(2))
+    w = torch.rand(3, 4, generator=g, dtype=torch.float64) + 0.1
+    kw: dict[str, Any] = {"reduction": reduction, "delta": 0.7} if name == "huber_loss" else {"reduction": reduction}
+
+    def fn(mod: Any) -> Callable[..., torch.Tensor]:
+        return lambda x, t, w: getattr(mod, name)(x, t, weight=w, **kw)
+
+    inputs = [x.requires_grad_(), t.requires_grad_(), w.requires_grad_()]
+    ours, ref = fn(MF)(*inputs), fn(F)(*inputs)
+    assert_ref(ours, ref)
+    go = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    assert_all_ref(torch.autograd.grad(ours, inputs, go), torch.autograd.grad(ref, inputs, go))
+    for which in range(4):  # each tangent alone, then all three
+        tangents = [torch.randn_like(a) if which in (i, 3) else None for i, a in enumerate(inputs)]
+        assert_ref(tangent_of(fn(MF), inputs, tangents), tangent_of(fn(F), inputs, tangents))
+    assert_all_ref(second_order(fn(MF), inputs), second_order(fn(F), inputs))
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+def _nonfinite(*shape: int, lo: float = -2.0, hi: float = 2.0, values: tuple[float, ...] = (NAN, INF, -INF)) -> Any:
+    """A maker of random values in [lo, hi) with ``values`` at a few fixed random places."""
+
+    def make(dtype: torch.dtype, g: torch.Generator) -> torch.Tensor:
+        t = torch.rand(*shape, generator=g, dtype=dtype) * (hi - lo) + lo
+        flat = t.view(-1)
+        places = torch.randperm(flat.numel(), generator=g)[: 2 * len(values)]
+        for i, p in enumerate(places.tolist()):
+            flat[p] = values[i % len(values)]
+        return t
+
+    return make
+
+
+X416 = _nonfinite(4, 16)
+NONFINITE = [
+    *(
+        case(f"{n.removesuffix('_loss')}-{r}", n, [X416, X416], (0, 1), reduction=r, **extra)
+        for n, extra in (("mse_loss", {}), ("l1_loss", {}), ("huber_loss", {"delta": 0.7}))
+        for r in ("none", "mean", "sum")
+    ),
+    *(
+        case(f"{n.removesuffix('_loss')}-weight-{r}", n, [X416, X416], (0, 1), reduction=r, weight=_r(4, 16, lo=0.1))
+        for n in ("mse_loss", "l1_loss", "huber_loss")
+        for r in ("none", "mean", "sum")
+    ),
+    *(
+        case(f"smooth-l1-beta{b}-{r}", "smooth_l1_loss", [X416, X416], (0, 1), reduction=r, beta=b)
+        for b in (0.5, 0.0)
+        for r in ("none", "sum")
+    ),
+    *(
+        case(
+            f"bce-{r}",
+            "binary_cross_entropy",
+            [_r(4, 16, lo=0.05, hi=0.95), _nonfinite(4, 16, lo=0.0, hi=1.0, values=(NAN,))],
+            (0, 1),
+            reduction=r,
+        )
+        for r in ("none", "mean")
+    ),
+    case("bce-nan-input", "binary_cross_entropy", [_nonfinite(4, 16, lo=0.05, hi=0.95, values=(NAN,)), X416], (0, 1)),
+    *(
+        case(f"bce-logits{tag}-{r}", "binary_cross_entropy_with_logits", [X416, X416], (0, 1), reduction=r, **extra)
+        for r in ("none", "mean")
+        for tag, extra in (("", {}), ("-pos-weight", {"pos_weight": _r(16, lo=0.2)}))
+    ),
+    *(
+        case(f"kl-{r}", "kl_div", [X416, _nonfinite(4, 16, lo=0.05, hi=1.0)], (0, 1), reduction=r)
+        for r in ("none", "batchmean")
+    ),
+    case("kl-log-target", "kl_div", [X416, X416], (0, 1), reduction="sum", log_target=True),
+    *(
+        case(
+            f"ce-index{tag}-{r}",
+            "cross_entropy",
+            [X416, lambda d, g: torch.randint(0, 16, (4,), generator=g)],
+            (0,),
+            reduction=r,
+            **extra,
+        )
+        for r in ("none", "mean", "sum")
+        for tag, extra in (("", {}), ("-smoothing", {"label_smoothing": 0.1}))
+    ),
+    case("ce-probs", "cross_entropy", [X416, _probs(4, 16)], (0, 1)),
+    case("ce-probs-nan-target", "cross_entropy", [_r(4, 16), _nonfinite(4, 16, lo=0.0, hi=0.1)], (0, 1)),
+    *(
+        case(f"nll-{r}", "nll_loss", [X416, lambda d, g: torch.randint(0, 16, (4,), generator=g)], (0,), reduction=r)
+        for r in ("none", "mean")
+    ),
+]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize(("name", "args", "diff", "kwargs"), NONFINITE)
+def test_nan_and_inf_inputs_match_torch(
+    name: str, args: list[Any], diff: tuple[int, ...], kwargs: dict[str, Any], dtype: torch.dtype
+) -> None:
+    """NaN and ±inf in inputs and targets: the values and gradients torch gives, NaN where torch's is
+    (or torch's error where it refuses them)."""
+    built, kw = _build(args, kwargs, dtype, seed=4)
+    call, d = _split(name, built, diff, kw)
+    results: list[Any] = []
+    for mod in (F, MF):
+        inputs = [t.clone().requires_grad_() for t in d]
+        try:
+            out = call(mod, *inputs)
+        except RuntimeError as err:
+            results.append(type(err))
+            continue
+        go = torch.rand(out.shape, generator=torch.Generator().manual_seed(5), dtype=dtype) + 0.5
+        results.append((out, torch.autograd.grad(out, inputs, go)))
+    ref, ours = results
+    if not isinstance(ref, tuple) or not isinstance(ours, tuple):
+        assert ours == ref
+        return
+    torch.testing.assert_close(ours[0], ref[0], equal_nan=True)
+    for a, b in zip(ours[1], ref[1], strict=True):
+        torch.testing.assert_close(a, b, equal_nan=True)

@@ -14,6 +14,7 @@ from torch.autograd import gradcheck, gradgradcheck
 import manualgrad
 import manualgrad.functional as MF
 import manualgrad.nn as mnn
+from tests.helpers import assert_all_ref, assert_ref, second_order, tangent_of
 
 CASES = [
     *(
@@ -166,3 +167,33 @@ def test_functional_signatures_match_torch() -> None:
         assert [(p.name, p.default, p.kind) for p in ours.parameters.values()] == [
             (p.name, p.default, p.kind) for p in ref.parameters.values()
         ], name
+
+
+# --- references: torch's forward AD and double backward, NaN/±inf ------------------------------
+
+
+@pytest.mark.parametrize(("fn", "shape", "kw"), CASES)
+def test_forward_ad_and_double_backward_match_torch(fn: str, shape: tuple[int, ...], kw: dict[str, Any]) -> None:
+    """Against torch's own forward AD and double backward in float64 at rtol 1e-7."""
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    dx = torch.randn_like(x)
+    assert_ref(
+        tangent_of(lambda t: getattr(MF, fn)(t, **kw), [x], [dx]),
+        tangent_of(lambda t: getattr(F, fn)(t, **kw), [x], [dx]),
+    )
+    assert_all_ref(
+        second_order(lambda t: getattr(MF, fn)(t, **kw), [x]), second_order(lambda t: getattr(F, fn)(t, **kw), [x])
+    )
+
+
+@pytest.mark.parametrize("fn", ["softmax", "softmin", "log_softmax", "glu"])
+def test_nan_and_inf_inputs_match_torch(fn: str) -> None:
+    """NaN and ±inf logits: torch's outputs and gradients (a NaN in a slice makes the slice NaN)."""
+    x = torch.randn(4, 16, dtype=torch.float64)
+    x[0, 3], x[1, 5], x[1, 9], x[2, 0], x[3, 15] = float("nan"), float("inf"), float("-inf"), float("-inf"), 1e4
+    go = torch.randn(4, 16 if fn != "glu" else 8, dtype=torch.float64)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours, ref = getattr(MF, fn)(a, dim=1), getattr(F, fn)(b, dim=1)
+    torch.testing.assert_close(ours, ref, equal_nan=True)
+    ga, gb = torch.autograd.grad(ours, a, go)[0], torch.autograd.grad(ref, b, go)[0]
+    torch.testing.assert_close(ga, gb, equal_nan=True)

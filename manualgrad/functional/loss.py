@@ -177,14 +177,16 @@ def _partials(kind: str, x: Tensor, t: Tensor, pw: Tensor | None, param: float) 
         if pw is None:
             # ℓ = (1 − t)x + softplus(−x): ∂ℓ/∂x = σ(x) − t, ∂ℓ/∂t = −x
             return torch.sigmoid(x) - t, -x
-        # ℓ = (1 − t)x + (1 + (p − 1)t) softplus(−x): ∂ℓ/∂x = σ(x)(1 + (p − 1)t) − p t
-        dx = torch.sigmoid(x) * (1 + (pw - 1) * t) - pw * t
+        # ℓ = (1 − t)x + (1 + (p − 1)t) softplus(−x): ∂ℓ/∂x = (p t + 1 − t) σ(x) − p t (torch's order: nan at t = ±∞)
+        pt = pw * t
+        dx = (pt + 1 - t) * torch.sigmoid(x) - pt
         # ∂ℓ/∂t = −x + (p − 1) softplus(−x) = p softplus(−x) − softplus(x)
         dt = pw * F.softplus(-x) - F.softplus(x)
         return dx, dt
     if kind == "kl":
-        # ℓ = t (log t − x): ∂ℓ/∂x = −t, ∂ℓ/∂t = log t + 1 − x (nan at t = 0, as torch)
-        dt = torch.where(t == 0, math.nan, torch.log(t) + 1 - x)
+        # ℓ = t (log t − x): ∂ℓ/∂x = −t, ∂ℓ/∂t = log t + t/t − x (t/t = 1 as torch's xlogy derivative
+        # writes it: nan at t = 0 and t = ∞, as torch)
+        dt = torch.log(t) + t / t - x
         return -t.expand_as(dt), dt
     # kl_log: ℓ = eᵗ (t − x): ∂ℓ/∂x = −eᵗ, ∂ℓ/∂t = eᵗ (t + 1 − x)
     et = t.exp()
