@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench import (
+    MODES,
     Cell,
     Step,
     build_pair,
@@ -115,7 +116,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default="784-1024-1024-10", help="layer sizes")
     p.add_argument("--act", default="relu")
     p.add_argument("--batch", type=int, default=1024)
-    p.add_argument("--mode", default="eager", choices=("eager", "compile"))
+    p.add_argument("--mode", default="eager", choices=MODES)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--steps", type=int, default=20, help="profiled steps per side (default 20)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per side first")
@@ -131,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     cell = Cell(args.device, args.model, args.act, args.batch, args.mode)
     device = torch.device(args.device)
-    native, mg = build_pair(cell.sizes, cell.act, device)
+    native, mg = build_pair(cell.sizes, cell.act, device, hand=args.mode == "hand")
     x, y = make_batch(cell, device)
     native_loss, mg_loss = loss_classes()
     compiled = args.mode == "compile"

@@ -22,9 +22,11 @@ __all__ = [
     "CLASSIC_SETUP_CONTEXT",
     "forward_ad_enabled",
     "functorch_level",
+    "graph_task_id",
     "is_legacy_batched",
     "nn_kernels",
     "reduction_args",
+    "storage_use_count",
 ]
 
 # torch._C._functorch.maybe_current_level: the innermost functorch transform's level, None outside
@@ -46,6 +48,31 @@ except ImportError:
 
     def is_legacy_batched(tensor: Tensor) -> bool:
         return True
+
+
+# torch._C._current_graph_task_id: which backward pass is running (-1 outside one). Without it a
+# per-sample context cannot tell a second backward inside it from the first, and cannot refuse it.
+try:
+    from torch._C import _current_graph_task_id as graph_task_id
+except ImportError:
+
+    def graph_task_id() -> int:
+        return -1  # "unknown": every backward looks like the first
+
+
+# torch._C._storage_Use_Count: how many tensors (and storage objects) share a storage. Without it no
+# buffer is known to be unshared: per_sample allocates every grad_sample afresh (slower, same values).
+try:
+    from torch._C import _storage_Use_Count as _use_count
+
+    def storage_use_count(tensor: Tensor) -> int | None:
+        """References to ``tensor``'s storage, the temporary storage object this call makes included."""
+        return int(_use_count(tensor.untyped_storage()._cdata))
+
+except ImportError:
+
+    def storage_use_count(tensor: Tensor) -> int | None:
+        return None  # unknown
 
 
 # torch.autograd.forward_ad._current_level: the active forward-AD level, -1 without one. Without

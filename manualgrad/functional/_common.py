@@ -25,7 +25,22 @@ from torch import Tensor
 from manualgrad._compat import CLASSIC_SETUP_CONTEXT, forward_ad_enabled
 from manualgrad._compat import functorch_level as _functorch_level
 
-__all__ = ["ManualFunction", "check_same_device_dtype", "forward_ad_enabled", "in_dtype", "shape_str"]
+__all__ = ["TAP", "ManualFunction", "check_same_device_dtype", "forward_ad_enabled", "in_dtype", "shape_str"]
+
+
+class _Tap:
+    """Where the backward of a layer with parameters sends its per-sample terms.
+
+    ``active`` is the open :func:`manualgrad.per_sample` / :func:`manualgrad.clip_per_sample`
+    context, ``None`` otherwise. While one is open, ``Linear``, ``DenseStack``, ``Bilinear`` and
+    ``PReLU`` hand it δ and their inputs (the factors of each sample's gradient) instead of returning
+    their parameters' summed gradients, and the context forms ``p.grad`` once the backward is done.
+    """
+
+    active: Any = None
+
+
+TAP = _Tap()
 
 
 class ManualFunction(torch.autograd.Function):

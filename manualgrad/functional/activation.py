@@ -20,7 +20,7 @@ from torch import Tensor
 
 from manualgrad.activations import ACTIVATIONS, Activation
 
-from ._common import ManualFunction, check_same_device_dtype, forward_ad_enabled, shape_str
+from ._common import TAP, ManualFunction, check_same_device_dtype, forward_ad_enabled, shape_str
 
 __all__ = ["Dropout", "Elementwise", "ElementwiseInplace", "PReLU", "activation", "dropout", "prelu", *ACTIVATIONS]
 
@@ -194,7 +194,12 @@ class PReLU(ManualFunction):
         if ctx.needs_input_grad[1]:
             # grad_weight = Σ_{non-channel dims} dC/da ⊙ z ⊙ 1[z ≤ 0]
             contrib = torch.where(x > 0, 0.0, grad_output * x)
-            if weight.numel() == 1:
+            if TAP.active is not None:  # per sample: the same sum over all but the batch (and channel) dim
+                kept = (0,) if weight.numel() == 1 else (0, 1)
+                dims = [d for d in range(x.dim()) if d not in kept]
+                per_sample = contrib.sum(dims) if dims else contrib
+                TAP.active.given(ctx, 1, per_sample.reshape(-1, *weight.shape), x.shape[:1])
+            elif weight.numel() == 1:
                 grad_w = contrib.sum().reshape(weight.shape)
             else:
                 grad_w = contrib.sum([d for d in range(x.dim()) if d != 1]).reshape(weight.shape)

@@ -34,7 +34,7 @@ from torch import Tensor
 from manualgrad.activations import Activation
 from manualgrad.fusion import FUSION
 
-from ._common import ManualFunction, check_same_device_dtype, forward_ad_enabled, in_dtype, shape_str
+from ._common import TAP, ManualFunction, check_same_device_dtype, forward_ad_enabled, in_dtype, shape_str
 
 __all__ = ["DenseStack", "Linear", "bilinear", "dense_stack", "linear"]
 
@@ -63,19 +63,34 @@ def linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return z if bias is None else z.add_(bias)
 
 
-def grad_weight(delta: Tensor, x: Tensor) -> Tensor:
-    """grad_weight = δᵀ X   (dC/dW = δ (a^{L-1})ᵀ, summed over the samples)."""
-    return delta.t().mm(x)
+def grad_weight(delta: Tensor, x: Tensor, out: Tensor | None = None) -> Tensor:
+    """grad_weight = δᵀ X   (dC/dW = δ (a^{L-1})ᵀ, summed over the rows).
+
+    Rows ``(R, out)`` and ``(R, in)`` give the layer's gradient; batches of rows ``(N, T, out)`` and
+    ``(N, T, in)`` give one ``δ_nᵀ X_n`` per sample (:mod:`manualgrad.per_sample`), written into
+    ``out`` where given."""
+    if delta.dim() == 2:
+        return delta.t().mm(x)
+    return delta.mT.matmul(x) if out is None else torch.matmul(delta.mT, x, out=out)
 
 
 def grad_bias(delta: Tensor) -> Tensor:
-    """grad_bias = Σ_n δ_n   (dC/db = δ, summed over the samples)."""
-    return delta.sum(0)
+    """grad_bias = Σ_r δ_r   (dC/db = δ, summed over the rows; per sample for ``(N, T, out)``)."""
+    return delta.sum(-2)
 
 
 def grad_input(delta: Tensor, weight: Tensor) -> Tensor:
     """grad_input = δ W   (dC/da^{L-1} = Wᵀ δ, per sample)."""
     return delta.mm(weight)
+
+
+def outer_rows(*factors: Tensor) -> Tensor:
+    """A layer's effective input row by row: ``x`` for Linear, ``x1 ⊗ x2`` flattened for Bilinear
+    (``y_k = x1ᵀ A_k x2`` is linear in ``x1 ⊗ x2``, so its ``grad_weight`` is ``δᵀ (x1 ⊗ x2)``)."""
+    u = factors[0]
+    for f in factors[1:]:
+        u = (u.unsqueeze(-1) * f.unsqueeze(-2)).flatten(-2)
+    return u
 
 
 def tangent_z(dx: Tensor | None, x: Tensor, w: Tensor, dw: Tensor | None, db: Tensor | None) -> Tensor | None:
@@ -118,6 +133,10 @@ class Linear(ManualFunction):
         needs = ctx.needs_input_grad
         delta = rows(grad_output)  # δ = dC/dz, one row per sample
         gx = grad_input(delta, in_dtype(weight, delta.dtype)).reshape(x.shape) if needs[0] else None
+        if TAP.active is not None:  # per-sample terms: the context forms p.grad
+            bias_at = 2 if len(ctx.next_functions) == 3 else None  # autograd's edges: the tensor inputs
+            TAP.active.dense(ctx, 1, bias_at, delta, (in_dtype(rows(x), delta.dtype),), x.shape[:-1])
+            return gx, None, None
         gw = grad_weight(delta, in_dtype(rows(x), delta.dtype)) if needs[1] else None
         gb = grad_bias(delta) if needs[2] else None
         return gx, gw, gb
@@ -185,6 +204,7 @@ class DenseStack(ManualFunction):
         x, plan, save_dtype, *params = inputs
         out, *hidden = output
         ctx.plan, ctx.slots, ctx.save_dtype, ctx.out_shape = plan, _layout(plan), save_dtype, out.shape
+        ctx.has_bias = tuple(b is not None for b in params[1::2])
         ctx.set_materialize_grads(False)
         last = plan[-1][0]
         keep_out = out if last is not None and last.saves == "output" else None
@@ -211,14 +231,15 @@ class DenseStack(ManualFunction):
             )
         x, weights, out, hidden = DenseStack._unpack(ctx)
         plan, slots, needs = ctx.plan, ctx.slots, ctx.needs_input_grad
-        if grad_output is not None and all(g is None for g in grad_hidden):
+        tap = None if TAP.active is None else ctx  # per-sample terms go to the open context
+        if tap is None and grad_output is not None and all(g is None for g in grad_hidden):
             fused = _fused_backward(plan, slots, needs, grad_output, x, weights, out, hidden)
             if fused is not None:
                 return fused
         # the g this backward made itself (a grad_input product) may be overwritten in place, unless
         # a graph of the backward is being recorded (double backward)
         may_overwrite = not torch.is_grad_enabled()
-        return _backward(plan, slots, needs, grad_output, grad_hidden, x, weights, out, hidden, may_overwrite)
+        return _backward(plan, slots, needs, grad_output, grad_hidden, x, weights, out, hidden, may_overwrite, tap)
 
     @staticmethod
     def tangent(
@@ -275,8 +296,12 @@ def _backward(
     out: Tensor | None,
     hidden: tuple[Tensor, ...],
     may_overwrite: bool,
+    tap: Any = None,
 ) -> tuple[Tensor | None, ...]:
-    """The gradients of :class:`DenseStack`'s inputs, layer by layer from the last (its ``backward``)."""
+    """The gradients of :class:`DenseStack`'s inputs, layer by layer from the last (its ``backward``).
+
+    With ``tap`` (the backward node, while a per-sample context is open) each layer's δ and input go
+    to the context instead of its weight and bias gradients."""
     grads: list[Tensor | None] = [None] * (3 + 2 * len(plan))
     # g is dC/da of the current layer; it becomes δ = dC/dz, then dC/da of the layer below.
     g = None if grad_output is None else rows(grad_output)
@@ -301,9 +326,12 @@ def _backward(
         if g is None:
             continue
         h = in_dtype(rows(x if i == 0 else hidden[slots[i - 1][1]]), g.dtype)  # type: ignore[index]
-        if needs[3 + 2 * i]:
+        if tap is not None:
+            w_at = 1 + i + sum(tap.has_bias[:i])  # autograd's edges: x, then each weight and present bias
+            TAP.active.dense(tap, w_at, w_at + 1 if tap.has_bias[i] else None, g, (h,), x.shape[:-1])
+        elif needs[3 + 2 * i]:
             grads[3 + 2 * i] = grad_weight(g, h)
-        if needs[4 + 2 * i]:
+        if needs[4 + 2 * i] and tap is None:
             grads[4 + 2 * i] = grad_bias(g)
         if i > 0 or needs[0]:
             g, owned = grad_input(g, in_dtype(weights[i], g.dtype)), True
@@ -520,9 +548,12 @@ class Bilinear(ManualFunction):
             if needs[1]:
                 # grad_input2[n, j] = Σ_i t[n, i, j] x1[n, i]
                 g2 = (t * a.unsqueeze(2)).sum(1).reshape(x2.shape)
+        if TAP.active is not None:  # per-sample terms: the context forms p.grad
+            TAP.active.dense(ctx, 2, 3 if len(ctx.next_functions) == 4 else None, g, (a, b), x1.shape[:-1])
+            return g1, g2, None, None
         if needs[2]:
-            # grad_weight[k, i, j] = Σ_n δ[n, k] x1[n, i] x2[n, j]
-            gw = g.t().mm((a.unsqueeze(2) * b.unsqueeze(1)).flatten(1)).reshape(weight.shape)
+            # grad_weight[k, i, j] = Σ_n δ[n, k] x1[n, i] x2[n, j]: δᵀU with U = x1 ⊗ x2, per row
+            gw = grad_weight(g, outer_rows(a, b)).reshape(weight.shape)
         if needs[3]:
             # grad_bias = Σ_n δ_n
             gb = grad_bias(g)

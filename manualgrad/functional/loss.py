@@ -49,7 +49,7 @@ from manualgrad._compat import nn_kernels
 from manualgrad._compat import reduction_args as _Reduction
 from manualgrad.fusion import FUSION
 
-from ._common import ManualFunction, forward_ad_enabled, in_dtype
+from ._common import TAP, ManualFunction, forward_ad_enabled, in_dtype
 
 __all__ = [
     "BCELoss",
@@ -593,6 +593,12 @@ def _index_norm(red: str, mask: Tensor, safe: Tensor, w: Tensor | None, dtype: t
     return torch.where(norm == 0, 1.0, norm)
 
 
+_WEIGHTED_MEAN = (
+    "a class-weighted mean: it divides by Σ_n w_(y_n), a sum over the batch, so no sample's term is its "
+    "own; use reduction='sum' (and scale the learning rate) or no class weights"
+)
+
+
 class CrossEntropyLoss(ManualFunction):
     r"""Softmax cross entropy in one Function: ``apply(x, target, w, red, ignore_index, ε, probs)``.
 
@@ -675,6 +681,8 @@ class CrossEntropyLoss(ManualFunction):
     def backward(ctx: Any, grad_loss: Tensor | None, grad_logp: Tensor | None) -> tuple[Tensor | None, ...]:
         logp0, target, w0 = ctx.saved_tensors
         needs = ctx.needs_input_grad
+        if TAP.active is not None and w0 is not None and ctx.red == "mean" and not ctx.probs:
+            TAP.active.reject_loss("cross_entropy", _WEIGHTED_MEAN)
         if grad_loss is None and grad_logp is None:
             return None, None, None, None, None, None, None
         dtype = (grad_loss if grad_loss is not None else grad_logp).dtype  # type: ignore[union-attr]
@@ -930,6 +938,8 @@ class NLLLoss(ManualFunction):
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
         target, w = ctx.saved_tensors
+        if TAP.active is not None and w is not None and ctx.red == "mean":
+            TAP.active.reject_loss("nll_loss", _WEIGHTED_MEAN)
         cd = 0 if len(ctx.shape) == 1 else 1
         _, safe = _targets(target, ctx.ignore_index)
         # ∂loss/∂x_{n,c} = −w_{t_n} 1[c = t_n] / norm, times dC/dloss
