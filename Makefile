@@ -4,6 +4,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # Pinned for this project's machines (x86_64, Python 3.11); pyproject.toml keeps looser ranges.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+# The per-sample tests' oracles, at the versions they were checked with.
+ORACLE_PINS := opacus==1.6.0 backpack-for-pytorch==1.7.1
 STAMP  := $(VENV)/.installed
 # The oldest torch pyproject.toml allows; `make test-compat` runs the core tests on it.
 COMPAT_VENV  := .venv-compat
@@ -14,7 +16,7 @@ COMPAT_PYTEST_ARGS ?= -n 2 --dist loadgroup
 # The tests of manualgrad itself (and its doctests): no lightning/torchvision needed.
 CORE_TESTS   := manualgrad tests/test_activations.py tests/test_amp.py tests/test_compat.py tests/test_compile.py \
                 tests/test_dense.py tests/test_errors.py tests/test_fusion.py tests/test_gpu.py tests/test_loss.py tests/test_modules.py \
-                tests/test_reference.py tests/test_softmax.py
+                tests/test_per_sample.py tests/test_reference.py tests/test_softmax.py
 
 .PHONY: setup test test-fast test-compat mutants lint train bench clean
 
@@ -24,7 +26,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -e '.[train,dev]' $(TORCH_PINS)
+	$(PY) -m pip install -q -e '.[train,dev]' $(TORCH_PINS) $(ORACLE_PINS)
 	touch $(STAMP)
 
 lint: setup
@@ -46,7 +48,7 @@ mutants: setup
 $(COMPAT_STAMP): pyproject.toml Makefile
 	test -x $(COMPAT_PY) || $(PYTHON) -m venv $(COMPAT_VENV)
 	$(COMPAT_PY) -m pip install -q --upgrade pip
-	$(COMPAT_PY) -m pip install -q $(COMPAT_TORCH) numpy 'pytest>=8' 'pytest-xdist>=3.5'
+	$(COMPAT_PY) -m pip install -q $(COMPAT_TORCH) numpy 'pytest>=8' 'pytest-xdist>=3.5' $(ORACLE_PINS)
 	$(COMPAT_PY) -m pip install -q --no-deps -e .
 	touch $(COMPAT_STAMP)
 

