@@ -18,7 +18,7 @@ CORE_TESTS   := manualgrad tests/test_activations.py tests/test_amp.py tests/tes
                 tests/test_dense.py tests/test_errors.py tests/test_fusion.py tests/test_gpu.py tests/test_loss.py tests/test_modules.py \
                 tests/test_per_sample.py tests/test_reference.py tests/test_softmax.py
 
-.PHONY: setup test test-fast test-compat mutants lint train bench clean
+.PHONY: setup test test-fast test-compat mutants lint train train-dp bench clean
 
 setup: $(STAMP)
 
@@ -58,6 +58,10 @@ test-compat: $(COMPAT_STAMP)
 
 train: setup
 	$(PY) -m train.run_default
+
+# DP-SGD (configs/dp.yaml): the last two lines are the privacy statement and the test accuracy.
+train-dp: setup
+	$(PY) -m train.run_default --config configs/dp.yaml
 
 bench: setup
 	$(PY) -m benchmarks.bench

@@ -551,7 +551,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "per-sample-grad-weight",
         DENSE_PY,
         "return delta.mT.matmul(x) if out is None else torch.matmul(delta.mT, x, out=out)",
-        "return (delta.mT.matmul(x) if out is None else torch.matmul(delta.mT, x, out=out)) * 1.001",
+        "return delta.mT.matmul(x) if out is None else torch.matmul(delta.mT, x * 1.001, out=out)",
         "grad_weight per sample (grad_sample)",
         PER_SAMPLE,
     ),

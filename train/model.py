@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -15,6 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from train.privacy import DPSGD, Privacy, statement
 
 Backend = Literal["manualgrad", "native"]
+Init = Literal["torch", "he"]
 Optimizer = Literal["adamw", "sgd"]
 Scheduler = Literal["onecycle", "cosine", "none"]
 Stage = Literal["train", "val", "test"]
@@ -87,6 +89,21 @@ def build_network(
     raise ValueError(f"Unknown backend {backend!r}: expected 'manualgrad' or 'native'.")
 
 
+def he_init(net: nn.Module) -> None:
+    """He-uniform hidden layers (``kaiming_uniform_`` for ReLU, zero bias) and a zero output layer."""
+    import manualgrad.nn as mnn
+
+    linears = [m for m in net.modules() if isinstance(m, (nn.Linear, mnn.Linear))]
+    with torch.no_grad():
+        for m in linears[:-1]:
+            nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
+            if m.bias is not None:
+                m.bias.zero_()
+        linears[-1].weight.zero_()
+        if linears[-1].bias is not None:
+            linears[-1].bias.zero_()
+
+
 def seed_device_rng(seed: int, device: torch.device) -> None:
     """Seed the default generator(s) that random ops on ``device`` draw from (dropout's masks).
 
@@ -123,6 +140,11 @@ class MNISTClassifier(pl.LightningModule):
         seed: base seed for dropout. The default generator of the training device is reseeded from
             ``(seed, epoch, batch, rank)`` before every training batch, so resuming from an epoch-end
             checkpoint continues exactly like the uninterrupted run.
+        ema_decay: evaluate (validate, test, predict) an exponential moving average of the weights,
+            updated after every optimizer step with decay ``min(ema_decay, (1 + t) / (10 + t))``;
+            ``None``: the weights themselves. Kept in the checkpoint (``ema_net.*``).
+        init: ``"torch"`` (torch.nn's default initialisation) or ``"he"``: He-uniform hidden layers
+            (``kaiming_uniform_`` for ReLU) and a zero-initialised output layer.
         privacy: DP-SGD options (:class:`~train.privacy.Privacy`; ``None``: ordinary training). Needs
             ``backend="manualgrad"`` (one-pass per-sample clipping) and Poisson-sampled batches
             (``data.poisson_sampling: true``); see :mod:`train.privacy`.
@@ -149,6 +171,8 @@ class MNISTClassifier(pl.LightningModule):
         warmup_pct: float = 0.2,
         save_activations: SavedDtype = "float32",
         seed: int = 0,
+        ema_decay: float | None = None,
+        init: Init = "torch",
         privacy: Privacy | None = None,
     ) -> None:
         super().__init__()
@@ -163,6 +187,15 @@ class MNISTClassifier(pl.LightningModule):
                 f"backend={backend!r}"
             )
         self.net, self.loss_fn = build_network(backend, hidden_sizes, activation, dropout, save_activations)
+        if init == "he":
+            he_init(self.net)
+        elif init != "torch":
+            raise ValueError(f"Unknown init {init!r}: expected 'torch' or 'he'.")
+        if ema_decay is not None and not 0 < ema_decay < 1:
+            raise ValueError(f"Expected 0 < ema_decay < 1, got {ema_decay}")
+        self.ema_net: nn.Module | None = None
+        if ema_decay is not None:
+            self.ema_net = copy.deepcopy(self.net).requires_grad_(False)
         self.privacy = privacy
         self.dp: DPSGD | None = None  # set up with the data (fit)
         self.privacy_state: dict[str, Any] | None = None  # of the checkpoint last loaded
@@ -179,8 +212,19 @@ class MNISTClassifier(pl.LightningModule):
         self._train_epoch_logged = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(N, 10)`` for images ``(N, 1, 28, 28)`` or ``(N, 784)``."""
-        return self.net(x.flatten(1))
+        """Logits ``(N, 10)`` for images ``(N, 1, 28, 28)`` or ``(N, 784)`` (the weight average in eval
+        mode, with ``ema_decay``)."""
+        net = self.net if self.training or self.ema_net is None else self.ema_net
+        return net(x.flatten(1))
+
+    def _train_logits(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and targets of a training batch, one row per image copy: ``(N·K, 10)`` for ``K`` copies
+        ``(N, K, 1, 28, 28)``; the loss's mean over all rows is then each example's mean over its copies
+        (a sample's rows stay in dim 1 until the loss: its per-sample gradient averages them)."""
+        if x.dim() == 5:
+            logits = self.net(x.flatten(2))  # (N, K, 10)
+            return logits.flatten(0, 1), y.repeat_interleave(x.shape[1])
+        return self.net(x.flatten(1)), y
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: Stage) -> None:
         x, y = batch
@@ -192,8 +236,7 @@ class MNISTClassifier(pl.LightningModule):
         self.log(f"{stage}_acc", acc, on_step=False, on_epoch=True, prog_bar=True)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        logits = self(x)
+        logits, y = self._train_logits(*batch)
         loss = self.loss_fn(logits, y)
         if len(y):  # Poisson sampling may draw an empty batch: a valid (noise-only) step, nothing to count
             with torch.no_grad():
@@ -270,6 +313,11 @@ class MNISTClassifier(pl.LightningModule):
         return None
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema_net is not None:  # after the optimizer step: ema ← d·ema + (1 − d)·w
+            t = self.global_step
+            decay = min(float(self.hparams["ema_decay"]), (1 + t) / (10 + t))
+            with torch.no_grad():
+                torch._foreach_lerp_(list(self.ema_net.parameters()), list(self.net.parameters()), 1 - decay)
         if self.dp is not None and batch_idx + 1 >= self.trainer.num_training_batches:
             self.log("epsilon", self.dp.epsilon(), on_step=False, on_epoch=True, prog_bar=True)
 
