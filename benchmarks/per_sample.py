@@ -5,8 +5,9 @@ entropy, SGD with momentum; ratio = median over rounds of (side / plain native s
 interleaved in one process (each round in the other order), every cell in a fresh process:
 
 * ``norms``: manualgrad, ``per_sample(model)`` around ``backward`` (``.norms`` only);
-* ``clip``: manualgrad, ``clip_per_sample(model, C)`` around ``backward`` (DP-SGD's flat clipping,
-  without the noise and the optimizer's ``1/B``);
+* ``clip``: manualgrad, ``clip_per_sample(model, C)`` around ``backward``, then ``p.grad / B`` (DP-SGD's
+  flat clipping and scaling without the noise; unscaled, the summed step diverges into subnormal
+  numbers within a few dozen steps and every op slows down);
 * ``grad_sample``: manualgrad, ``per_sample(model, "grad_sample")``;
 * ``opacus-hooks``: Opacus ``GradSampleModule`` + ``DPOptimizer`` (noise 0, flat clipping C);
 * ``opacus-ghost``: Opacus ghost clipping (``GradSampleModuleFastGradientClipping``,
@@ -81,6 +82,8 @@ def make_side(side: str, native: nn.Module, x: Tensor, y: Tensor) -> Step:
             else:
                 with context():  # type: ignore[attr-defined]
                     loss.backward()
+            if side == "clip":  # the clipped sum over the expected batch, as DP-SGD's optimizer scales it
+                torch._foreach_div_([p.grad for p in model.parameters()], batch)  # type: ignore[misc]
             opt.step()
 
         return step

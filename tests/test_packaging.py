@@ -148,7 +148,16 @@ def test_metadata_requires_torch_only(dists: dict[str, Path]) -> None:
     extras = set(meta.get_all("Provides-Extra") or [])
     assert {"train", "test", "dev"} <= extras
     train = {canonicalize_name(r.name) for r in reqs if r.marker is not None and r.marker.evaluate({"extra": "train"})}
-    assert {"lightning", "torchvision", "torchmetrics", "jsonargparse", "matplotlib", "numpy", "filelock"} <= train
+    assert {
+        "lightning",
+        "torchvision",
+        "torchmetrics",
+        "jsonargparse",
+        "matplotlib",
+        "numpy",
+        "filelock",
+        "opacus",
+    } <= train
 
 
 def test_library_imports_torch_and_stdlib_only() -> None:

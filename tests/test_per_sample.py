@@ -154,6 +154,15 @@ def oracle(case: Case, ref: nn.Module, x: Tensor, y: Tensor, reduction: str) -> 
     return vmap(grad(one), in_dims=(None, 0, 0))(params, x, y)
 
 
+def ours(case: Case, reduction: str, *quantities: str) -> tuple[nn.Module, nn.Module, Tensor, Tensor]:
+    """Build the case and run one backward of manualgrad's model inside ``per_sample(*quantities)``."""
+    mg, ref = case.build()
+    x, y = batch(case)
+    with manualgrad.per_sample(mg, *quantities, loss_reduction=reduction):
+        LOSSES[case.loss](mg(x), y, reduction=reduction).backward()
+    return mg, ref, x, y
+
+
 def run(case: Case, ctx: Callable[[nn.Module], object], reduction: str) -> tuple[nn.Module, nn.Module, object]:
     """Build the case, run one backward of manualgrad's model inside ``ctx(model)``."""
     mg, ref = case.build()
@@ -213,10 +222,7 @@ OPACUS_CASES = [c for c in CASES if c.id in {"mlp-tanh", "mlp-nobias", "hand-rel
 def test_grad_sample_equals_opacus(case: Case, reduction: str) -> None:
     from opacus import GradSampleModule
 
-    mg, ref = case.build()
-    x, y = batch(case)
-    with manualgrad.per_sample(mg, "grad_sample", loss_reduction=reduction):
-        LOSSES[case.loss](mg(x), y, reduction=reduction).backward()
+    mg, ref, x, y = ours(case, reduction, "grad_sample")
     gsm = GradSampleModule(ref, loss_reduction=reduction)
     with pytest.warns(UserWarning, match="Full backward hook"):  # x needs no gradient (Opacus's own warning)
         LOSSES[case.loss.replace("-mg", "-torch")](gsm(x), y, reduction=reduction).backward()
@@ -285,10 +291,7 @@ def test_statistics_equal_backpack(case: Case, reduction: str) -> None:
     from backpack import backpack, extend
     from backpack.extensions import BatchL2Grad, SumGradSquared, Variance
 
-    mg, ref = case.build()
-    x, y = batch(case)
-    with manualgrad.per_sample(mg, "batch_l2", "sum_grad_squared", "variance", loss_reduction=reduction):
-        LOSSES[case.loss](mg(x), y, reduction=reduction).backward()
+    mg, ref, x, y = ours(case, reduction, "batch_l2", "sum_grad_squared", "variance")
     criterion = {"ce": nn.CrossEntropyLoss, "mse": nn.MSELoss}[case.loss.split("-")[0]](reduction=reduction)
     ref, criterion = extend(ref), extend(criterion)
     with backpack(BatchL2Grad(), SumGradSquared(), Variance()), pytest.warns(UserWarning, match="Full backward hook"):
