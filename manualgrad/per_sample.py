@@ -98,10 +98,14 @@ def _sq_norms(t: Tensor) -> Tensor:
 
 class Rows:
     """δ of one layer call ``(N, T, out)``, shared by its weight's and its bias's terms, with what both
-    need computed once: ``‖δ_{n,t}‖²`` and the re-weighted rows ``w_n δ_{n,t}``."""
+    need computed once: ``‖δ_{n,t}‖²`` and the re-weighted rows ``w_n δ_{n,t}``.
 
-    def __init__(self, delta: Tensor) -> None:
-        self.delta = delta
+    ``owned``: δ is the backward's own temporary (the fused stack's), which nothing else can see: it is
+    re-weighted in place (no second copy of δ), once its norms are taken.
+    """
+
+    def __init__(self, delta: Tensor, owned: bool = False) -> None:
+        self.delta, self.owned = delta, owned
         self._sq: Tensor | None = None
         self._weighted: tuple[Tensor | None, Tensor | None] = (None, None)
 
@@ -116,7 +120,8 @@ class Rows:
         if weights is None:
             return self.delta.reshape(-1, self.delta.shape[-1])
         if self._weighted[0] is not weights:
-            d = self.delta * weights.to(self.delta.dtype)[:, None, None]
+            w = weights.to(self.delta.dtype)[:, None, None]
+            d = self.delta.mul_(w) if self.owned else self.delta * w
             self._weighted = (weights, d.reshape(-1, d.shape[-1]))
         return self._weighted[1]  # type: ignore[return-value]
 
@@ -195,7 +200,7 @@ class DenseSamples(Samples):
         """One parameter's terms from several uses (a layer called twice): more rows per sample."""
         delta = torch.cat([p.delta for p in parts], 1)
         factors = tuple(torch.cat(fs, 1) for fs in zip(*(p.factors for p in parts), strict=True))
-        return DenseSamples(Rows(delta), factors, parts[0].shape)
+        return DenseSamples(Rows(delta, owned=True), factors, parts[0].shape)
 
 
 class GivenSamples(Samples):
@@ -496,16 +501,24 @@ class _Context:
         self._records.setdefault(id(p), []).append(b)
 
     def dense(
-        self, node: Any, w_at: int, b_at: int | None, delta: Tensor, inputs: tuple[Tensor, ...], lead: torch.Size
+        self,
+        node: Any,
+        w_at: int,
+        b_at: int | None,
+        delta: Tensor,
+        inputs: tuple[Tensor, ...],
+        lead: torch.Size,
+        owned: bool = False,
     ) -> None:
         """A dense layer's terms: δ rows ``(R, out)``, its input rows ``(R, d)`` (one per factor), and the
         leading dims of its input (``R = Πlead``; ``lead[0]`` is the batch). ``w_at`` and ``b_at`` are the
-        weight's and bias's edges among the node's ``next_functions`` (``b_at`` ``None``: no bias)."""
+        weight's and bias's edges among the node's ``next_functions`` (``b_at`` ``None``: no bias);
+        ``owned``: δ is the caller's own temporary (see :class:`Rows`)."""
         n, t = self._batch(lead)
         edges = node.next_functions
         weight = self._param(node, edges, w_at)
         bias = None if b_at is None else self._param(node, edges, b_at)
-        rows = Rows(delta.reshape(n, t, delta.shape[-1]))
+        rows = Rows(delta.reshape(n, t, delta.shape[-1]), owned and delta.is_contiguous())
         if weight is not None:
             factors = tuple(f.reshape(n, t, f.shape[-1]) for f in inputs)
             self._add(weight, DenseSamples(rows, factors, weight.shape))

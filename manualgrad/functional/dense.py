@@ -328,7 +328,8 @@ def _backward(
         h = in_dtype(rows(x if i == 0 else hidden[slots[i - 1][1]]), g.dtype)  # type: ignore[index]
         if tap is not None:
             w_at = 1 + i + sum(tap.has_bias[:i])  # autograd's edges: x, then each weight and present bias
-            TAP.active.dense(tap, w_at, w_at + 1 if tap.has_bias[i] else None, g, (h,), x.shape[:-1])
+            b_at = w_at + 1 if tap.has_bias[i] else None
+            TAP.active.dense(tap, w_at, b_at, g, (h,), x.shape[:-1], owned and may_overwrite)
         elif needs[3 + 2 * i]:
             grads[3 + 2 * i] = grad_weight(g, h)
         if needs[4 + 2 * i] and tap is None:
