@@ -590,8 +590,8 @@ MUTANTS: tuple[Mutant, ...] = (
     m(
         "per-sample-weighted-rows",
         PER_SAMPLE_PY,
-        "d = self.delta * weights.to(self.delta.dtype)[:, None, None]",
-        "d = self.delta * weights.to(self.delta.dtype)[:, None, None] * 1.001",
+        "w = weights.to(self.delta.dtype)[:, None, None]",
+        "w = weights.to(self.delta.dtype)[:, None, None] * 1.001",
         "the clipped sum (s c ⊙ δ)ᵀX",
         PER_SAMPLE,
     ),
