@@ -198,6 +198,8 @@ def test_smoke_config_prints_privacy_then_accuracy(data_root: Path, tmp_path: Pa
     assert "epsilon" in metrics.splitlines()[0]
     ckpt = torch.load(Path(cli.trainer.logger.log_dir) / "checkpoints" / "last.ckpt", weights_only=False)  # type: ignore[union-attr]
     assert ckpt["privacy"]["epsilon"] == pytest.approx(epsilon, abs=5e-4)
+    # the last checkpoint is the final state (all the steps taken), whether or not its epoch was the best
+    assert ckpt["global_step"] == cli.trainer.global_step == 16 and lines[-2].endswith("16 steps)")
 
 
 class _Foreign(nn.Module):

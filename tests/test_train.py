@@ -16,7 +16,7 @@ import torch
 
 from train.callbacks import LearningCurve
 from train.data import MNISTDataModule
-from train.mnist import checkpoint_callback, cli_main
+from train.mnist import checkpoint_callbacks, cli_main
 from train.model import MNISTClassifier, native_mlp, seed_device_rng
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,7 +28,7 @@ BACKENDS = ["manualgrad", "native"]
 
 def _trainer(root: Path, **kwargs: Any) -> pl.Trainer:
     """A CPU trainer with the CLI's persistent callbacks, quiet, writing under ``root``."""
-    callbacks = [checkpoint_callback(), LearningCurve(), *kwargs.pop("callbacks", [])]
+    callbacks = [*checkpoint_callbacks(), LearningCurve(), *kwargs.pop("callbacks", [])]
     defaults: dict[str, Any] = dict(
         accelerator="cpu",
         devices=1,

@@ -28,15 +28,30 @@ from train.model import MNISTClassifier
 
 
 def checkpoint_callback() -> ModelCheckpoint:
-    """Best checkpoint by validation accuracy, plus ``last.ckpt`` for resuming."""
+    """Best checkpoint by validation accuracy (``trainer.checkpoint_callback``)."""
     return ModelCheckpoint(
         monitor="val_acc",
         mode="max",
-        save_last=True,
         save_on_train_epoch_end=True,
         filename="best-epoch{epoch:02d}-val_acc{val_acc:.4f}",
         auto_insert_metric_name=False,
     )
+
+
+def last_checkpoint_callback() -> ModelCheckpoint:
+    """``last.ckpt``, written at the end of every epoch, for resuming (and for testing the final model).
+
+    A callback of its own: Lightning's ``save_last`` refreshes ``last.ckpt`` only at the epochs where
+    the monitored checkpoint improved, so after a worse epoch it is not the last state.
+    """
+    return ModelCheckpoint(
+        filename="last", monitor=None, save_top_k=1, save_on_train_epoch_end=True, enable_version_counter=False
+    )
+
+
+def checkpoint_callbacks() -> list[ModelCheckpoint]:
+    """The best (first: ``trainer.checkpoint_callback``) and the last checkpoint."""
+    return [checkpoint_callback(), last_checkpoint_callback()]
 
 
 def progress_bar_default() -> bool:
@@ -65,9 +80,10 @@ class MNISTCLI(LightningCLI):
     def after_fit(self) -> None:
         if not self.config[self.subcommand].get("test_after_fit", True) or getattr(self.trainer, "fast_dev_run", False):
             return
-        ckpt = self.trainer.checkpoint_callback
         which = self.config[self.subcommand].get("test_ckpt", "best")
-        path = getattr(ckpt, f"{which}_model_path", "") or None
+        saved = [cb for cb in self.trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
+        ckpt = saved[0] if which == "best" else next(cb for cb in saved if cb.filename == "last")
+        path = ckpt.best_model_path or None
         results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=path, verbose=False)
         if self.trainer.is_global_zero:
             print(f"{which.capitalize()} checkpoint: {path}")
@@ -98,7 +114,7 @@ def cli_main(args: Sequence[str] | None = None, run: bool = True) -> MNISTCLI:
         MNISTClassifier,
         MNISTDataModule,
         trainer_defaults={
-            "callbacks": [checkpoint_callback(), LearningCurve()],
+            "callbacks": [*checkpoint_callbacks(), LearningCurve()],
             "enable_progress_bar": progress_bar_default(),
         },
         save_config_kwargs={"overwrite": True},
