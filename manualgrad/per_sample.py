@@ -73,6 +73,7 @@ class Samples:
 
     shape: torch.Size
     dtype: torch.dtype
+    _norm_sq_cache: Tensor | None = None
 
     def total(self, weights: Tensor | None = None) -> Tensor:
         """``Σ_n w_n b_n`` (``w = 1`` without ``weights``), of the parameter's shape."""
@@ -83,7 +84,12 @@ class Samples:
         raise NotImplementedError
 
     def norm_sq(self) -> Tensor:
-        """``‖b_n‖²`` for every sample: ``(N,)``."""
+        """``‖b_n‖²`` for every sample: ``(N,)`` (computed once: the norms and ``batch_l2`` share it)."""
+        if self._norm_sq_cache is None:
+            self._norm_sq_cache = self._norm_sq()
+        return self._norm_sq_cache
+
+    def _norm_sq(self) -> Tensor:
         raise NotImplementedError
 
     def sum_sq(self) -> Tensor:
@@ -172,7 +178,7 @@ class DenseSamples(Samples):
         dims = [f.shape[-1] for f in self.factors]
         return t * (out + sum(dims)) <= out * math.prod(dims)
 
-    def norm_sq(self) -> Tensor:
+    def _norm_sq(self) -> Tensor:
         delta, factors = self.delta, self.factors
         if delta.shape[1] == 1:
             # ‖δ_n u_nᵀ‖² = ‖δ_n‖² Π_k ‖x_{k,n}‖²   (‖δ_n‖² alone for a bias)
@@ -218,7 +224,7 @@ class GivenSamples(Samples):
     def each(self, scale: float = 1.0, out: Tensor | None = None) -> Tensor:
         return self._each if scale == 1 else self._each * scale
 
-    def norm_sq(self) -> Tensor:
+    def _norm_sq(self) -> Tensor:
         return _sq_norms(self._each.flatten(1))
 
     def sum_sq(self) -> Tensor:
@@ -245,7 +251,8 @@ class Quantity:
 
     name: ClassVar[str]
 
-    def __call__(self, b: Samples, scale: float, n: int) -> Tensor:
+    def __call__(self, b: Samples, scale: float, n: int, p: nn.Parameter) -> Tensor:
+        """``p``'s quantity from its terms ``b`` (``scale``: ``s``; ``n``: the batch size)."""
         raise NotImplementedError
 
 
@@ -260,7 +267,8 @@ class GradSample(Quantity):
 
     name = "grad_sample"
 
-    def __call__(self, b: Samples, scale: float, n: int, previous: Tensor | None = None) -> Tensor:
+    def __call__(self, b: Samples, scale: float, n: int, p: nn.Parameter) -> Tensor:
+        previous = _unshared(p, self.name)
         reuse = previous is not None and previous.shape == (n, *b.shape) and previous.dtype == b.dtype
         return b.each(scale, previous if reuse else None)
 
@@ -281,7 +289,7 @@ class BatchL2(Quantity):
 
     name = "batch_l2"
 
-    def __call__(self, b: Samples, scale: float, n: int) -> Tensor:
+    def __call__(self, b: Samples, scale: float, n: int, p: nn.Parameter) -> Tensor:
         return b.norm_sq()
 
 
@@ -290,7 +298,7 @@ class SumGradSquared(Quantity):
 
     name = "sum_grad_squared"
 
-    def __call__(self, b: Samples, scale: float, n: int) -> Tensor:
+    def __call__(self, b: Samples, scale: float, n: int, p: nn.Parameter) -> Tensor:
         return b.sum_sq()
 
 
@@ -299,7 +307,7 @@ class Variance(Quantity):
 
     name = "variance"
 
-    def __call__(self, b: Samples, scale: float, n: int) -> Tensor:
+    def __call__(self, b: Samples, scale: float, n: int, p: nn.Parameter) -> Tensor:
         return b.sum_sq() / n - (b.total() / n).square()
 
 
@@ -423,14 +431,13 @@ class _Context:
         n = self._n or 0
         samples = {key: _combine(parts) for key, parts in records.items()}
         scale = float(n) if self.loss_reduction == "mean" else 1.0
-        norm_sq = {key: b.norm_sq() for key, b in samples.items()}
-        if norm_sq:  # ‖g_n‖ = s ‖b_n‖, b_n over all parameters
-            self.norms = torch.stack(list(norm_sq.values())).sum(0).sqrt_().mul_(scale)
+        if samples:  # ‖g_n‖ = s ‖b_n‖, b_n over all parameters
+            self.norms = torch.stack([b.norm_sq() for b in samples.values()]).sum(0).sqrt_().mul_(scale)
         else:
             self.norms = torch.zeros(n)
         weights = self._weights(scale)
         grads = {key: b.total(weights) for key, b in samples.items()}
-        extra = self._quantities(samples, norm_sq, scale, n)
+        extra = self._quantities(samples, scale, n)
         for p in self._params:  # all computed: now write, all at once
             key = id(p)
             g, old = grads.get(key), self._stash.get(key)
@@ -446,9 +453,7 @@ class _Context:
         """The per-sample weights ``w_n`` of ``p.grad = Σ_n w_n b_n``."""
         return None
 
-    def _quantities(
-        self, samples: dict[int, Samples], norm_sq: dict[int, Tensor], scale: float, n: int
-    ) -> dict[int, dict[str, Tensor | None]]:
+    def _quantities(self, samples: dict[int, Samples], scale: float, n: int) -> dict[int, dict[str, Tensor | None]]:
         return {}
 
     # -- the TAP interface: called from the backward of manualgrad's layers -----------------
@@ -588,23 +593,11 @@ class per_sample(_Context):
                 raise ValueError(f"per_sample(): expected quantities from {sorted(QUANTITIES)}, but got {q!r}")
         self.quantities = tuple(dict.fromkeys(quantities))
 
-    def _quantities(
-        self, samples: dict[int, Samples], norm_sq: dict[int, Tensor], scale: float, n: int
-    ) -> dict[int, dict[str, Tensor | None]]:
+    def _quantities(self, samples: dict[int, Samples], scale: float, n: int) -> dict[int, dict[str, Tensor | None]]:
         out: dict[int, dict[str, Tensor | None]] = {}
         for p in self._params:
             b = samples.get(id(p))
-            values: dict[str, Tensor | None] = {}
-            for name in self.quantities:
-                if b is None:
-                    values[name] = None
-                elif name == "batch_l2":
-                    values[name] = norm_sq[id(p)]  # computed for the norms already
-                elif name == "grad_sample":
-                    values[name] = GradSample()(b, scale, n, _unshared(p, name))
-                else:
-                    values[name] = QUANTITIES[name](b, scale, n)
-            out[id(p)] = values
+            out[id(p)] = {name: None if b is None else QUANTITIES[name](b, scale, n, p) for name in self.quantities}
         return out
 
 

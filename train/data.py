@@ -564,12 +564,10 @@ class MNISTDataModule(pl.LightningDataModule):
         if (shift > 0 or copies > 1) and trainer is not None and trainer.training:
             images, labels = batch
             background = (0.0 - MNIST_MEAN) / MNIST_STD
-            if copies > 1:
-                many = images.repeat_interleave(copies, 0)  # (N·K, 1, H, W): copy k of image n at n·K + k
-                shifted = random_shift(many, shift, background, self._aug_generator)
-                batch = (shifted.reshape(len(images), copies, *images.shape[1:]), labels)
-            else:
-                batch = (random_shift(images, shift, background, self._aug_generator), labels)
+            if copies > 1:  # (N·K, 1, H, W): copy k of image n at n·K + k, each shifted on its own
+                images = images.repeat_interleave(copies, 0)
+            shifted = random_shift(images, shift, background, self._aug_generator)
+            batch = (shifted.unflatten(0, (len(labels), copies)) if copies > 1 else shifted, labels)
         return batch
 
 

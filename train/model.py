@@ -302,7 +302,6 @@ class MNISTClassifier(pl.LightningModule):
                 "privacy: expected Poisson-sampled batches (data.poisson_sampling: true), but the data module "
                 "draws fixed-size shuffled batches; DP-SGD's accounting assumes Poisson sampling"
             )
-        data.setup("fit")
         steps = int(self.trainer.estimated_stepping_batches)
         self.dp = DPSGD(self.privacy, len(data.datasets["train"]), data.hparams["batch_size"], steps)
 

@@ -330,10 +330,11 @@ def _backward(
             w_at = 1 + i + sum(tap.has_bias[:i])  # autograd's edges: x, then each weight and present bias
             b_at = w_at + 1 if tap.has_bias[i] else None
             TAP.active.dense(tap, w_at, b_at, g, (h,), x.shape[:-1], owned and may_overwrite)
-        elif needs[3 + 2 * i]:
-            grads[3 + 2 * i] = grad_weight(g, h)
-        if needs[4 + 2 * i] and tap is None:
-            grads[4 + 2 * i] = grad_bias(g)
+        else:
+            if needs[3 + 2 * i]:
+                grads[3 + 2 * i] = grad_weight(g, h)
+            if needs[4 + 2 * i]:
+                grads[4 + 2 * i] = grad_bias(g)
         if i > 0 or needs[0]:
             g, owned = grad_input(g, in_dtype(weights[i], g.dtype)), True
     if needs[0] and g is not None:
