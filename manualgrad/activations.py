@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from manualgrad._compat import functorch_level as _functorch_level
+from manualgrad._compat import is_legacy_batched as _is_legacy_batched
 from manualgrad.fusion import FUSION
 
 __all__ = ["ACTIVATIONS", "FUSION", "Activation", "Param"]  # FUSION: re-exported from manualgrad.fusion
@@ -86,6 +88,7 @@ class Activation:
     extra_params: tuple[Param, ...] = field(default=())  # deprecated keyword aliases (Hardtanh)
     variants: tuple[tuple[Any, ...], ...] = ()  # non-default params the tests also cover
     grad_: Callable[..., Tensor] | None = None  # ``grad`` that may overwrite ``grad_output`` (speed)
+    grad_plain: Callable[..., Tensor] | None = None  # ``grad`` for plain first order only (speed)
 
     def __repr__(self) -> str:  # shows up in compile guards and test ids
         return f"Activation({self.name})"
@@ -118,10 +121,17 @@ class Activation:
           loop (:data:`FUSION`) once that shape has paid for its compile: the formula then reads
           and writes memory once, like torch's hand-written kernels, instead of once per step
           (GELU's formula is a dozen steps).
-        * otherwise ``grad_`` (when ``overwrite``) or ``grad`` itself, op by op (also for double
-          backward, vmap, forward AD and inside ``torch.compile``).
+        * otherwise, op by op: ``grad_`` (when ``overwrite``), else ``grad_plain`` (plain first
+          order: no grad mode, no functorch transform; fewer passes and allocations, with ``out=``
+          and in-place ops that a graph or a transform could not take), else ``grad`` itself (also
+          for double backward, vmap, forward AD and inside ``torch.compile``).
         """
-        eager = self.grad_ if overwrite and self.grad_ is not None else self.grad
+        eager = self.grad
+        if _plain(g, saved):
+            if overwrite and self.grad_ is not None:
+                eager = self.grad_
+            elif self.grad_plain is not None:
+                eager = self.grad_plain
         min_numel = FUSION.min_numel if self.grad_ is None else FUSION.min_numel_simple
         if g.numel() >= min_numel and g.shape == saved.shape and g.dtype == saved.dtype and FUSION.usable(g, saved):
             key, formula = (self.name, params, overwrite), self._formula(params, overwrite)
@@ -138,6 +148,14 @@ class Activation:
             return g.copy_(out) if into else out
 
         return formula
+
+
+def _plain(*tensors: Tensor) -> bool:
+    """Plain first order: no grad mode (no double backward), no functorch transform, no batched
+    gradients: what ``out=`` and in-place ops on fresh buffers need."""
+    return (
+        not torch.is_grad_enabled() and _functorch_level() is None and not any(_is_legacy_batched(t) for t in tensors)
+    )
 
 
 def _bind(grad: Callable[..., Tensor], params: tuple[Any, ...]) -> Callable[[Tensor, Tensor], Tensor]:
@@ -157,9 +175,10 @@ def _relu_grad(g: Tensor, a: Tensor) -> Tensor:
     return g * a.clamp(max=1.0).ceil_().nan_to_num_(nan=1.0)
 
 
-def _relu_grad_(g: Tensor, a: Tensor) -> Tensor:
-    """In place on g, the same arithmetic as ``_relu_grad``."""
-    return g.mul_(a.clamp(max=1.0).ceil_().nan_to_num_(nan=1.0))
+def _relu_grad_plain(g: Tensor, a: Tensor) -> Tensor:
+    """``_relu_grad``'s mask in one pass, written as floats: 1[a ≠ 0] = 1[¬(a ≤ 0)] (a ≥ 0 or NaN).
+    Two passes and one buffer instead of four and two (plain first order: ``out=`` and in place)."""
+    return torch.ne(a, 0.0, out=torch.empty_like(g)).mul_(g)
 
 
 def _bounded_grad(g: Tensor, a: Tensor, lo: float, hi: float) -> Tensor:
@@ -237,6 +256,12 @@ def _sigmoid_grad_(g: Tensor, a: Tensor) -> Tensor:
     return g.mul_(a).addcmul_(g, a, value=-1.0)
 
 
+def _sigmoid_grad_plain(g: Tensor, a: Tensor) -> Tensor:
+    """``_sigmoid_grad``'s arithmetic in one new buffer (plain first order: in place on it)."""
+    ga = g * a
+    return ga.addcmul_(ga, a, value=-1.0)
+
+
 def _logsigmoid_grad(g: Tensor, z: Tensor) -> Tensor:
     """LogSigmoid(z) = −softplus(−z):  σ'(z) = 1 − s(z) = s(−z)."""
     return g * torch.sigmoid(-z)
@@ -250,6 +275,12 @@ def _tanh_grad(g: Tensor, a: Tensor) -> Tensor:
 def _tanh_grad_(g: Tensor, a: Tensor) -> Tensor:
     """In place on g, the same arithmetic as ``_tanh_grad``."""
     return g.addcmul_(g * a, a, value=-1.0)
+
+
+def _tanh_grad_plain(g: Tensor, a: Tensor) -> Tensor:
+    """``_tanh_grad``'s arithmetic in one new buffer (plain first order: ``out=``)."""
+    ga = g * a
+    return torch.addcmul(g, ga, a, value=-1.0, out=ga)
 
 
 def _hardsigmoid_grad(g: Tensor, a: Tensor) -> Tensor:
@@ -350,7 +381,8 @@ def _entries() -> list[Activation]:
             forward=torch.relu,
             forward_=torch.relu_,
             grad=_relu_grad,
-            grad_=_relu_grad_,
+            grad_=_relu_grad_plain,  # the mask needs its own buffer: writing into g saves nothing
+            grad_plain=_relu_grad_plain,
             saves="output",
             inplace=True,
             kinks=(0.0,),
@@ -459,6 +491,7 @@ def _entries() -> list[Activation]:
             forward_=torch.sigmoid_,
             grad=_sigmoid_grad,
             grad_=_sigmoid_grad_,
+            grad_plain=_sigmoid_grad_plain,
             saves="output",
             sample=(-8.0, 8.0),
         ),
@@ -478,6 +511,7 @@ def _entries() -> list[Activation]:
             forward_=torch.tanh_,
             grad=_tanh_grad,
             grad_=_tanh_grad_,
+            grad_plain=_tanh_grad_plain,
             saves="output",
         ),
         Activation(

@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 REF = "tests/test_reference.py"
 COMPILED = "tests/test_reference.py::test_compiled_kernels_match_torch"
 ACT_NAN = "tests/test_activations.py::test_nan_and_inf_inputs_match_torch"
+PLAIN = "tests/test_activations.py::test_plain_formulas_equal_grad"
 DROPOUT = "tests/test_activations.py::test_dropout_draws_torch_mask_and_gradient"
 LOSS = "tests/test_loss.py::test_parity"
 LOSS_REF = "tests/test_loss.py::test_forward_ad_and_double_backward_match_torch"
@@ -215,12 +216,20 @@ MUTANTS: tuple[Mutant, ...] = (
         REF,
     ),
     m(
-        "relu-grad-inplace",
+        "relu-grad-plain",
         REGISTRY_PY,
-        "return g.mul_(a.clamp(max=1.0).ceil_().nan_to_num_(nan=1.0))",
-        "return g.mul_(a.clamp(max=1.0).ceil_().nan_to_num_(nan=1.0)).mul_(1.001)",
-        "ReLU in-place derivative (dense stack's hidden δ)",
-        REF,
+        "return torch.ne(a, 0.0, out=torch.empty_like(g)).mul_(g)",
+        "return torch.ne(a, 0.0, out=torch.empty_like(g)).mul_(g).mul_(1.001)",
+        "ReLU plain first-order derivative (hand-composed layers, the dense stack's hidden δ)",
+        PLAIN,
+    ),
+    m(
+        "relu-nan-plain",
+        REGISTRY_PY,
+        "return torch.ne(a, 0.0, out=torch.empty_like(g)).mul_(g)",
+        "return torch.gt(a, 0.0, out=torch.empty_like(g)).mul_(g)",
+        "ReLU plain derivative at a NaN input (torch passes dC/da)",
+        ACT_NAN,
     ),
     m(
         "relu-nan",
@@ -247,6 +256,14 @@ MUTANTS: tuple[Mutant, ...] = (
         REF,
     ),
     m(
+        "sigmoid-grad-plain",
+        REGISTRY_PY,
+        "return ga.addcmul_(ga, a, value=-1.0)",
+        "return ga.addcmul_(ga, a, value=-1.001)",
+        "sigmoid plain first-order derivative",
+        PLAIN,
+    ),
+    m(
         "tanh-grad",
         REGISTRY_PY,
         "return torch.addcmul(g, g * a, a, value=-1.0)",
@@ -261,6 +278,14 @@ MUTANTS: tuple[Mutant, ...] = (
         "return g.addcmul_(g * a, a, value=-1.001)",
         "tanh in-place derivative",
         REF,
+    ),
+    m(
+        "tanh-grad-plain",
+        REGISTRY_PY,
+        "return torch.addcmul(g, ga, a, value=-1.0, out=ga)",
+        "return torch.addcmul(g, ga, a, value=-1.001, out=ga)",
+        "tanh plain first-order derivative",
+        PLAIN,
     ),
     m(
         "gelu-erf-grad",
@@ -476,9 +501,25 @@ MUTANTS: tuple[Mutant, ...] = (
     m(
         "ce-index-grad",
         LOSS_PY,
-        "return G.unsqueeze(cd) * p_minus_onehot",
-        "return G.unsqueeze(cd) * p_minus_onehot * 1.001",
+        "return p.mul_(G if every else (counted * G).unsqueeze(cd))",
+        "return p.mul_(G * 1.001 if every else (counted * G).unsqueeze(cd))",
         "cross entropy (class indices; the eager scatter_add form)",
+        LOSS,
+    ),
+    m(
+        "ce-index-grad-ignored",
+        LOSS_PY,
+        "return p.mul_(G if every else (counted * G).unsqueeze(cd))",
+        "return p.mul_(G if every else (counted * G * 1.001).unsqueeze(cd))",
+        "cross entropy (class indices, some ignored; the eager form)",
+        LOSS,
+    ),
+    m(
+        "ce-eager-softmax",
+        LOSS_PY,
+        "return e.div_(e.sum(dim, keepdim=True))",
+        "return e.div_(e.sum(dim, keepdim=True) * 1.001)",
+        "cross entropy's eager softmax",
         LOSS,
     ),
     m(

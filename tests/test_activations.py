@@ -7,6 +7,7 @@ test here without a line of test code.
 from __future__ import annotations
 
 import inspect
+import itertools
 from typing import Any
 
 import pytest
@@ -63,12 +64,14 @@ def current_kinks(act: Activation, x: torch.Tensor, g: torch.Tensor, gx_ref: tor
     return gx_ref
 
 
-def grads_of(module: nn.Module, x: torch.Tensor, grad_out: torch.Tensor | None = None):
+def grads_of(module: nn.Module, x: torch.Tensor, grad_out: torch.Tensor | None = None, create_graph: bool = False):
+    """The output and dC/dx; ``create_graph`` runs the backward in grad mode (the general formulas,
+    not the plain first-order ones)."""
     x = x.detach().clone().requires_grad_()
     y = module(x * 1.0 if getattr(module, "inplace", False) else x)
     g = torch.ones_like(y) if grad_out is None else grad_out
-    (gx,) = torch.autograd.grad(y, x, g)
-    return y.detach(), gx
+    (gx,) = torch.autograd.grad(y, x, g, create_graph=create_graph)
+    return y.detach(), gx.detach()
 
 
 # --- gradients -------------------------------------------------------------------------------
@@ -148,9 +151,11 @@ def test_nan_and_inf_inputs_match_torch(act: Activation, params: tuple[Any, ...]
     g = torch.randn(64, generator=torch.Generator().manual_seed(1), dtype=dtype)
     g[::9] = NAN
     negative_slope = act.name == "leaky_relu" and params[0] < 0  # torch refuses it in place
-    for inplace in (False, True) if act.inplace and not negative_slope else (False,):
+    for inplace, create_graph in itertools.product(
+        (False, True) if act.inplace and not negative_slope else (False,), (False, True)
+    ):
         y_ref, gx_ref = grads_of(native(act, params, inplace), x, g)
-        y, gx = grads_of(twin(act, params, inplace), x, g)
+        y, gx = grads_of(twin(act, params, inplace), x, g, create_graph)
         if act.name == "softsign":
             gx_ref = torch.where(
                 x.isinf(), g * 0.0, gx_ref
@@ -159,6 +164,31 @@ def test_nan_and_inf_inputs_match_torch(act: Activation, params: tuple[Any, ...]
             gx_ref = torch.where(g.isnan() & (x <= 0), g, gx_ref)
         torch.testing.assert_close(y, y_ref, rtol=0, atol=0, equal_nan=True)
         torch.testing.assert_close(gx, gx_ref, equal_nan=True)
+
+
+PLAIN = [
+    pytest.param(act, variant, id=f"{act.name}-{variant}")
+    for act in ACTIVATIONS.values()
+    for variant in ("grad_", "grad_plain")
+    if getattr(act, variant) is not None
+]
+
+
+@pytest.mark.parametrize(("act", "variant"), PLAIN)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_plain_formulas_equal_grad(act: Activation, variant: str, dtype: torch.dtype) -> None:
+    """The speed variants (``grad_`` may overwrite dC/da, ``grad_plain`` for plain first order) give
+    ``grad``'s values bit for bit, on kinks, NaN and ±inf too, and ``grad_plain`` leaves dC/da as it was."""
+    z = torch.cat([sample(act, 200, dtype=dtype), edge_inputs(act, dtype), nonfinite_inputs(act, dtype)])
+    saved = act.forward(z) if act.saves == "output" else z
+    g = torch.randn(z.shape, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    g[::7] = NAN
+    expected = act.grad(g, saved)
+    g_before = g.clone()
+    with torch.no_grad():
+        got = getattr(act, variant)(g.clone() if variant == "grad_" else g, saved)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(g, g_before, rtol=0, atol=0, equal_nan=True)
 
 
 def test_softsign_at_infinity_is_the_limit() -> None:

@@ -799,14 +799,19 @@ INDEX_GRAD_CASES = [
 
 @pytest.mark.parametrize(("shape", "targets", "reduction"), INDEX_GRAD_CASES)
 def test_cross_entropy_eager_form_is_the_same_arithmetic(shape: tuple[int, ...], targets: Any, reduction: str) -> None:
-    """``_index_grad_eager`` (p − onehot as a scatter_add) gives ``_index_grad``'s bits, and both torch's gradient."""
+    """``_index_grad_eager`` (its own softmax, p − onehot as a scatter_add, in place) gives ``_index_grad``'s
+    values, both give torch's gradient, and the logits are left as they were."""
     from manualgrad.functional.loss import _index_grad, _index_grad_eager
 
     torch.manual_seed(0)
     x, t = torch.randn(shape, dtype=torch.float64, requires_grad=True), torch.tensor(targets)
     p, g = torch.softmax(x.detach(), -1), torch.tensor(0.7, dtype=torch.float64)
     formula = _index_grad(g, p, t, reduction, -100)
-    assert torch.equal(_index_grad_eager(g, p, t, reduction, -100), formula)
+    logits = x.detach().clone()
+    with torch.no_grad():
+        eager = _index_grad_eager(g, logits, t, reduction, -100)
+    assert torch.equal(logits, x.detach())
+    torch.testing.assert_close(eager, formula, rtol=1e-14, atol=1e-16)
     (want,) = torch.autograd.grad(F.cross_entropy(x, t, reduction=reduction) * g, x)
     torch.testing.assert_close(formula, want, rtol=1e-12, atol=1e-15)
 

@@ -770,7 +770,7 @@ class CrossEntropyIndices(ManualFunction):
             return _index_grad(grad_loss, torch.softmax(x, 1), target, red, ignore_index)
 
         def eager(grad_loss: Tensor, x: Tensor, target: Tensor) -> Tensor:
-            return _index_grad_eager(grad_loss, torch.softmax(x, 1), target, red, ignore_index)
+            return _index_grad_eager(grad_loss, x, target, red, ignore_index)
 
         if FUSION.usable(grad_loss, x, target):  # one fused CPU kernel (once it pays) instead of a dozen tiny ones
             key = ("cross_entropy", red, ignore_index)
@@ -802,16 +802,30 @@ def _index_grad(grad_loss: Tensor, p: Tensor, target: Tensor, red: str, ignore_i
     return G.unsqueeze(cd) * (p - onehot.to(p.dtype))
 
 
-def _index_grad_eager(grad_loss: Tensor, p: Tensor, target: Tensor, red: str, ignore_index: int) -> Tensor:
-    """:func:`_index_grad`'s arithmetic with p − onehot(t) as one ``scatter_add`` of −1: fewer ops op by
-    op (54 against 82 µs for 128 × 10 logits), where a compiled kernel fuses the onehot form better."""
-    cd = 0 if p.dim() == 1 else 1
+def _index_grad_eager(grad_loss: Tensor, x: Tensor, target: Tensor, red: str, ignore_index: int) -> Tensor:
+    """:func:`_index_grad`'s arithmetic op by op on CPU, outside grad mode and transforms (the eager side
+    of the fused kernel), from the logits ``x``: softmax, then p − onehot(t) as one ``scatter_add_`` of
+    −1, in place on one new buffer (54 against 82 µs for 128 × 10 logits), and per-sample G only where
+    a target is ignored."""
+    cd = 0 if x.dim() == 1 else 1
+    p = _softmax_(x, cd)
     counted = target != ignore_index
-    G = counted * (grad_loss / counted.sum().clamp_min(1) if red == "mean" else grad_loss)
-    index = target.clamp(0, p.shape[cd] - 1).unsqueeze(cd).long()
+    n_counted = int(counted.sum())  # a CPU tensor: no device sync
+    every = n_counted == target.numel()
+    index = (target if every else target.clamp(0, p.shape[cd] - 1)).unsqueeze(cd).long()
     # p − onehot(t): −1 added at each sample's target class
-    p_minus_onehot = p.scatter_add(cd, index, torch.full(index.shape, -1.0, dtype=p.dtype, device=p.device))
-    return G.unsqueeze(cd) * p_minus_onehot
+    p.scatter_add_(cd, index, torch.full(index.shape, -1.0, dtype=p.dtype, device=p.device))
+    G = grad_loss / max(n_counted, 1) if red == "mean" else grad_loss
+    # grad_input = G ⊙ (p − onehot(t)), G = 0 on ignored samples
+    return p.mul_(G if every else (counted * G).unsqueeze(cd))
+
+
+def _softmax_(x: Tensor, dim: int) -> Tensor:
+    """softmax(x) = e^{x − max x} / Σ e^{x − max x} along ``dim``, in place on one new buffer (no grad
+    mode): ATen's CPU softmax over a short class dim is several times slower (254 against 75 µs for
+    1024 × 10 logits)."""
+    e = (x - x.amax(dim, keepdim=True)).exp_()
+    return e.div_(e.sum(dim, keepdim=True))
 
 
 def _check_ce_target(fname: str, input: Tensor, target: Tensor, weight: Tensor | None) -> None:
