@@ -6,6 +6,8 @@ PY     := $(VENV)/bin/python
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # The per-sample tests' oracles, at the versions they were checked with.
 ORACLE_PINS := opacus==1.6.0 backpack-for-pytorch==1.7.1
+# The ScatterNet features of configs/dp.yaml (train/features.py), as tested.
+APP_PINS := kymatio==0.3.0
 STAMP  := $(VENV)/.installed
 # The oldest torch pyproject.toml allows; `make test-compat` runs the core tests on it.
 COMPAT_VENV  := .venv-compat
@@ -26,7 +28,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -e '.[train,dev]' $(TORCH_PINS) $(ORACLE_PINS)
+	$(PY) -m pip install -q -e '.[train,dev]' $(TORCH_PINS) $(ORACLE_PINS) $(APP_PINS)
 	touch $(STAMP)
 
 lint: setup

@@ -266,13 +266,16 @@ def test_errors_before_training_starts(
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_dp_config_parses(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``configs/dp.yaml`` (``make train-dp``) builds a private manualgrad model on Poisson batches."""
+@pytest.mark.parametrize(("config", "size"), [("dp.yaml", 3969), ("dp_pixels.yaml", 784)])
+def test_dp_config_parses(config: str, size: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``configs/dp.yaml`` (``make train-dp``: ScatterNet features) and ``dp_pixels.yaml`` build a private
+    manualgrad model on Poisson batches, its input size linked to the data's features."""
     monkeypatch.setattr(sys, "stdout", io.StringIO())
-    cli = cli_main(["--config", str(REPO / "configs" / "dp.yaml")], run=False)
+    cli = cli_main(["--config", str(REPO / "configs" / config)], run=False)
     assert isinstance(cli.model.privacy, Privacy) and cli.model.privacy.target_epsilon <= 3.0
     assert cli.datamodule.hparams["poisson_sampling"] and cli.model.hparams["backend"] == "manualgrad"
-    loss = F.cross_entropy(cli.model(torch.randn(3, 784)), torch.tensor([0, 1, 2]))
+    assert cli.model.hparams["in_features"] == cli.datamodule.in_features == size
+    loss = F.cross_entropy(cli.model(torch.randn(3, size)), torch.tensor([0, 1, 2]))
     assert torch.isfinite(loss)
 
 

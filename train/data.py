@@ -45,6 +45,8 @@ import torch
 from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from train.features import Features, feature_size, scatter_features
+
 log = logging.getLogger(__name__)
 
 #: Environment variable naming the shared data root (default: ``<repo>/data``).
@@ -448,6 +450,10 @@ class MNISTDataModule(pl.LightningDataModule):
         poisson_sampling: draw training batches as DP-SGD does (:class:`~train.privacy.PoissonBatchSampler`:
             each example independently with rate ``batch_size / N``, ``int(N / batch_size)`` batches an
             epoch, sizes Binomial(N, q)); single process only.
+        features: what a batch holds: ``"pixels"`` (normalised images ``(N, 1, 28, 28)``) or
+            ``"scatter"`` (:func:`~train.features.scatter_features`, ``(N, 81, 7, 7)``: fixed,
+            data-independent ScatterNet features, computed once for every image in ``setup``; no
+            shift augmentation, which would need them recomputed every batch).
     """
 
     def __init__(
@@ -462,10 +468,18 @@ class MNISTDataModule(pl.LightningDataModule):
         download: bool = True,
         augment_multiplicity: int = 1,
         poisson_sampling: bool = False,
+        features: Features = "pixels",
     ) -> None:
         super().__init__()
         if augment_multiplicity < 1:
             raise ValueError(f"Expected augment_multiplicity >= 1, got {augment_multiplicity}")
+        feature_size(features)  # raises on an unknown name
+        if features != "pixels" and (shift_augment > 0 or augment_multiplicity > 1):
+            raise ValueError(
+                f"features={features!r} are computed once before training: expected shift_augment=0 and "
+                f"augment_multiplicity=1, but got shift_augment={shift_augment} and "
+                f"augment_multiplicity={augment_multiplicity}"
+            )
         self.save_hyperparameters()
         self.root = Path(data_dir) if data_dir else default_data_root()
         self.datasets: dict[str, TensorBatchDataset] = {}
@@ -484,6 +498,17 @@ class MNISTDataModule(pl.LightningDataModule):
         """uint8 ``(N, 28, 28)`` -> normalised float32 ``(N, 1, 28, 28)``."""
         return ((images.float() / 255.0 - MNIST_MEAN) / MNIST_STD).unsqueeze(1)
 
+    @property
+    def in_features(self) -> int:
+        """The flattened size of one example's features (the model's input size)."""
+        return feature_size(self.hparams["features"])
+
+    def _inputs(self, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """uint8 images ``(N, 28, 28)`` -> what a batch holds, on ``device``."""
+        if self.hparams["features"] == "scatter":
+            return scatter_features(images.to(device), log_every=10.0)
+        return self.normalize(images).to(device)
+
     def setup(self, stage: str | None = None) -> None:
         """Load, verify, normalise and move the splits to the training device."""
         device = self._device()
@@ -493,13 +518,13 @@ class MNISTDataModule(pl.LightningDataModule):
             if not 0 < val_size < len(labels):
                 raise ValueError(f"Expected 0 < val_size < {len(labels)}, got {val_size}")
             perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.hparams["split_seed"]))
-            x, y = self.normalize(images).to(device), labels.to(device)
+            x, y = self._inputs(images, device), labels.to(device)
             train_idx, val_idx = perm[val_size:].to(device), perm[:val_size].to(device)
             self.datasets["train"] = TensorBatchDataset(x[train_idx], y[train_idx])
             self.datasets["val"] = TensorBatchDataset(x[val_idx], y[val_idx])
         if stage in ("test", "predict", None) and "test" not in self.datasets:
             images, labels = load_mnist(self.root, train=False)
-            self.datasets["test"] = TensorBatchDataset(self.normalize(images).to(device), labels.to(device))
+            self.datasets["test"] = TensorBatchDataset(self._inputs(images, device), labels.to(device))
 
     def _loader(self, split: str, batch_size: int, sampler: Any = None) -> DataLoader:
         return DataLoader(

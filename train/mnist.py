@@ -60,10 +60,16 @@ def progress_bar_default() -> bool:
     return bool(isatty is not None and isatty())
 
 
+def _in_features(data: MNISTDataModule) -> int:
+    return data.in_features
+
+
 class MNISTCLI(LightningCLI):
     """``LightningCLI`` for :class:`MNISTClassifier` on :class:`MNISTDataModule`."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # one setting for both: the data's features fix the model's input size
+        parser.link_arguments("data", "model.in_features", compute_fn=_in_features, apply_on="instantiate")
         parser.add_argument(
             "--test_after_fit",
             type=bool,

@@ -72,6 +72,7 @@ def build_network(
     activation: str,
     dropout: float,
     save_activations: SavedDtype = "float32",
+    in_features: int = IN_FEATURES,
 ) -> tuple[nn.Module, nn.Module]:
     """Return ``(mlp, cross_entropy)`` from the chosen backend."""
     if backend == "manualgrad":
@@ -79,13 +80,13 @@ def build_network(
 
         save_dtype = None if save_activations == "float32" else getattr(torch, save_activations)
         net = mnn.MLP(
-            IN_FEATURES, list(hidden_sizes), NUM_CLASSES, activation=activation, dropout=dropout, save_dtype=save_dtype
+            in_features, list(hidden_sizes), NUM_CLASSES, activation=activation, dropout=dropout, save_dtype=save_dtype
         )
         return net, mnn.CrossEntropyLoss()
     if save_activations != "float32":
         raise ValueError(f"save_activations={save_activations!r} needs backend='manualgrad', got {backend!r}.")
     if backend == "native":
-        return native_mlp(IN_FEATURES, hidden_sizes, NUM_CLASSES, activation, dropout), nn.CrossEntropyLoss()
+        return native_mlp(in_features, hidden_sizes, NUM_CLASSES, activation, dropout), nn.CrossEntropyLoss()
     raise ValueError(f"Unknown backend {backend!r}: expected 'manualgrad' or 'native'.")
 
 
@@ -120,12 +121,12 @@ def seed_device_rng(seed: int, device: torch.device) -> None:
 
 
 class MNISTClassifier(pl.LightningModule):
-    """An MLP on flattened 28x28 images, trained with cross-entropy.
+    """An MLP on flattened 28x28 images (or their features), trained with cross-entropy.
 
     Args:
         backend: ``"manualgrad"`` builds the network and loss from ``manualgrad.nn`` (hand-derived
             backward formulas); ``"native"`` builds the identical architecture from ``torch.nn``.
-        hidden_sizes: widths of the hidden layers.
+        hidden_sizes: widths of the hidden layers (``[]``: a linear model).
         activation: lowercase ``torch.nn.functional`` name (``relu``, ``gelu``, ``tanh``...).
         dropout: dropout probability after every hidden activation.
         optimizer: ``"adamw"`` or ``"sgd"`` (with momentum / Nesterov).
@@ -148,6 +149,8 @@ class MNISTClassifier(pl.LightningModule):
         privacy: DP-SGD options (:class:`~train.privacy.Privacy`; ``None``: ordinary training). Needs
             ``backend="manualgrad"`` (one-pass per-sample clipping) and Poisson-sampled batches
             (``data.poisson_sampling: true``); see :mod:`train.privacy`.
+        in_features: the input size: 784 for pixels; the command line sets it from the data
+            module's ``features`` (:mod:`train.features`: 3969 for ScatterNet features).
 
     Logged: ``train_loss_step`` on the steps the trainer writes to its logger (every
     ``log_every_n_steps``), ``train_loss_epoch`` and ``train_acc`` per epoch, ``val_loss``/``val_acc``
@@ -174,6 +177,7 @@ class MNISTClassifier(pl.LightningModule):
         ema_decay: float | None = None,
         init: Init = "torch",
         privacy: Privacy | None = None,
+        in_features: int = IN_FEATURES,
     ) -> None:
         super().__init__()
         if isinstance(privacy, dict):  # from a checkpoint's hyperparameters
@@ -186,7 +190,9 @@ class MNISTClassifier(pl.LightningModule):
                 f"privacy: expected backend='manualgrad' (per-sample clipping in one backward pass), but got "
                 f"backend={backend!r}"
             )
-        self.net, self.loss_fn = build_network(backend, hidden_sizes, activation, dropout, save_activations)
+        self.net, self.loss_fn = build_network(
+            backend, hidden_sizes, activation, dropout, save_activations, in_features
+        )
         if init == "he":
             he_init(self.net)
         elif init != "torch":
