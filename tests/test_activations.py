@@ -175,7 +175,7 @@ PLAIN = [
 
 
 @pytest.mark.parametrize(("act", "variant"), PLAIN)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 def test_plain_formulas_equal_grad(act: Activation, variant: str, dtype: torch.dtype) -> None:
     """The speed variants (``grad_`` may overwrite dC/da, ``grad_plain`` for plain first order) give
     ``grad``'s values bit for bit, on kinks, NaN and ±inf too, and ``grad_plain`` leaves dC/da as it was."""
