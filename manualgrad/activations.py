@@ -151,10 +151,14 @@ class Activation:
 
 
 def _plain(*tensors: Tensor) -> bool:
-    """Plain first order: no grad mode (no double backward), no functorch transform, no batched
-    gradients: what ``out=`` and in-place ops on fresh buffers need."""
+    """Plain first order: not traced by TorchDynamo (checked first: it folds the check and traces no
+    further), no grad mode (no double backward), no functorch transform, no batched gradients: what
+    ``out=`` and in-place ops on fresh buffers need."""
     return (
-        not torch.is_grad_enabled() and _functorch_level() is None and not any(_is_legacy_batched(t) for t in tensors)
+        not torch.compiler.is_compiling()
+        and not torch.is_grad_enabled()
+        and _functorch_level() is None
+        and not any(_is_legacy_batched(t) for t in tensors)
     )
 
 

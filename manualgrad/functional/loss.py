@@ -805,8 +805,8 @@ def _index_grad(grad_loss: Tensor, p: Tensor, target: Tensor, red: str, ignore_i
 def _index_grad_eager(grad_loss: Tensor, x: Tensor, target: Tensor, red: str, ignore_index: int) -> Tensor:
     """:func:`_index_grad`'s arithmetic op by op on CPU, outside grad mode and transforms (the eager side
     of the fused kernel), from the logits ``x``: softmax, then p − onehot(t) as one ``scatter_add_`` of
-    −1, in place on one new buffer (54 against 82 µs for 128 × 10 logits), and per-sample G only where
-    a target is ignored."""
+    −1, both in place on one new buffer, and a per-sample G only where a target is ignored (a scalar
+    G otherwise): about half the ops of the onehot form, which a compiled kernel fuses better."""
     cd = 0 if x.dim() == 1 else 1
     p = _softmax_(x, cd)
     counted = target != ignore_index
