@@ -65,9 +65,16 @@ except ImportError:
 try:
     from torch._C import _storage_Use_Count as _use_count
 
-    def storage_use_count(tensor: Tensor) -> int | None:
-        """References to ``tensor``'s storage, the temporary storage object this call makes included."""
+    def _raw_use_count(tensor: Tensor) -> int:
         return int(_use_count(tensor.untyped_storage()._cdata))
+
+    # What a tensor alone on its storage reads: 2 on torch 2.14 (the temporary storage object this
+    # call makes counts too), 1 on torch 2.6; each further tensor or view on the storage adds one.
+    _ALONE = _raw_use_count(torch.ones(1))
+
+    def storage_use_count(tensor: Tensor) -> int | None:
+        """References to ``tensor``'s storage: 1 for a tensor alone on it, 2 with a view, ..."""
+        return _raw_use_count(tensor) - _ALONE + 1
 
 except ImportError:
 

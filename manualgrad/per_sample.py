@@ -278,8 +278,8 @@ def _unshared(p: nn.Parameter, name: str) -> Tensor | None:
     old = p.__dict__.get(name)
     if not isinstance(old, Tensor) or not old.is_contiguous():
         return None
-    # references: p's attribute, ``old`` here and getrefcount's argument; storage: ``old`` and the probe
-    if sys.getrefcount(old) == 3 and storage_use_count(old) == 2:
+    # references: p's attribute, ``old`` here and getrefcount's argument; storage: ``old`` alone
+    if sys.getrefcount(old) == 3 and storage_use_count(old) == 1:
         return old
     return None
 

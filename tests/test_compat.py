@@ -155,7 +155,8 @@ FALLBACKS["none removed (control)"] = (
     "",
     "assert _compat.functorch_level() is None and not _compat.forward_ad_enabled()\n"
     "assert MF.DenseStack.eager_twin is not MF.DenseStack and _compat.nn_kernels is torch._C._nn\n"
-    "assert _compat.storage_use_count(torch.ones(1)) == 2\n"
+    "t = torch.ones(2)\nassert _compat.storage_use_count(t) == 1\n"
+    "v = t[1:]\nassert _compat.storage_use_count(t) == 2\n"
     "with torch.no_grad():\n    assert FUSION.usable(torch.ones(2))",
 )
 

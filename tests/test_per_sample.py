@@ -27,7 +27,12 @@ from tests.helpers import assert_ref
 DT = torch.float64
 N = 7
 # torch.func on the Bilinear twin: vmap has no batching rule for aten::_trilinear (slow, still exact)
-pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
+# the oracles' hooks on a model whose input needs no gradient: torch (from some release after 2.6)
+# warns that a full backward hook will not fire for it; what the tests compare is unaffected
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning"),
+    pytest.mark.filterwarnings("ignore:Full backward hook:UserWarning"),
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,8 +229,7 @@ def test_grad_sample_equals_opacus(case: Case, reduction: str) -> None:
 
     mg, ref, x, y = ours(case, reduction, "grad_sample")
     gsm = GradSampleModule(ref, loss_reduction=reduction)
-    with pytest.warns(UserWarning, match="Full backward hook"):  # x needs no gradient (Opacus's own warning)
-        LOSSES[case.loss.replace("-mg", "-torch")](gsm(x), y, reduction=reduction).backward()
+    LOSSES[case.loss.replace("-mg", "-torch")](gsm(x), y, reduction=reduction).backward()
     for p, q in zip(mg.parameters(), ref.parameters(), strict=True):
         assert_ref(p.grad_sample, q.grad_sample)
 
@@ -242,8 +246,7 @@ def test_dropout_grad_sample_equals_opacus() -> None:
         F.cross_entropy(mg(x), y).backward()
     gsm = GradSampleModule(ref)
     torch.manual_seed(5)
-    with pytest.warns(UserWarning, match="Full backward hook"):
-        F.cross_entropy(gsm(x), y).backward()
+    F.cross_entropy(gsm(x), y).backward()
     for p, q in zip(mg.parameters(), ref.parameters(), strict=True):
         assert_ref(p.grad_sample, q.grad_sample)
     assert_ref(ps.norms, torch.cat([q.grad_sample.flatten(1) for q in ref.parameters()], 1).norm(dim=1))
@@ -275,8 +278,7 @@ def test_clip_equals_opacus_ghost_clipping(case: Case, reduction: str) -> None:
     name = case.loss.replace("-mg", "-torch")
     criterion = {"ce-torch": nn.CrossEntropyLoss, "mse-torch": nn.MSELoss}[name](reduction=reduction)
     loss = DPLossFastGradientClipping(gsm, opt, criterion, loss_reduction=reduction)
-    with pytest.warns(UserWarning, match="Full backward hook"):
-        loss(gsm(x), y).backward()
+    loss(gsm(x), y).backward()
     for p, q in zip(mg.parameters(), ref.parameters(), strict=True):
         assert_ref(p.grad, q.grad, rtol=1e-6)
 
@@ -294,7 +296,7 @@ def test_statistics_equal_backpack(case: Case, reduction: str) -> None:
     mg, ref, x, y = ours(case, reduction, "batch_l2", "sum_grad_squared", "variance")
     criterion = {"ce": nn.CrossEntropyLoss, "mse": nn.MSELoss}[case.loss.split("-")[0]](reduction=reduction)
     ref, criterion = extend(ref), extend(criterion)
-    with backpack(BatchL2Grad(), SumGradSquared(), Variance()), pytest.warns(UserWarning, match="Full backward hook"):
+    with backpack(BatchL2Grad(), SumGradSquared(), Variance()):
         criterion(ref(x), y).backward()
     for p, q in zip(mg.parameters(), ref.parameters(), strict=True):
         assert_ref(p.batch_l2, q.batch_l2)
