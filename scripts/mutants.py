@@ -671,7 +671,7 @@ MUTANTS: tuple[Mutant, ...] = (
     m(
         "per-sample-reuse-shared",
         PER_SAMPLE_PY,
-        "if sys.getrefcount(old) == 3 and storage_use_count(old) == 2:",
+        "if sys.getrefcount(old) == 3 and storage_use_count(old) == 1:",
         "if sys.getrefcount(old) <= 4:",
         "grad_sample memory written again while a user still holds it",
         PER_SAMPLE,
