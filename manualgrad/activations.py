@@ -34,9 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from manualgrad._compat import functorch_level as _functorch_level
-from manualgrad._compat import is_legacy_batched as _is_legacy_batched
-from manualgrad.fusion import FUSION
+from manualgrad.fusion import FUSION, plain_first_order
 
 __all__ = ["ACTIVATIONS", "FUSION", "Activation", "Param"]  # FUSION: re-exported from manualgrad.fusion
 
@@ -127,7 +125,7 @@ class Activation:
           for double backward, vmap, forward AD and inside ``torch.compile``).
         """
         eager = self.grad
-        if _plain(g, saved):
+        if plain_first_order(g, saved):
             if overwrite and self.grad_ is not None:
                 eager = self.grad_
             elif self.grad_plain is not None:
@@ -148,18 +146,6 @@ class Activation:
             return g.copy_(out) if into else out
 
         return formula
-
-
-def _plain(*tensors: Tensor) -> bool:
-    """Plain first order: not traced by TorchDynamo (checked first: it folds the check and traces no
-    further), no grad mode (no double backward), no functorch transform, no batched gradients: what
-    ``out=`` and in-place ops on fresh buffers need."""
-    return (
-        not torch.compiler.is_compiling()
-        and not torch.is_grad_enabled()
-        and _functorch_level() is None
-        and not any(_is_legacy_batched(t) for t in tensors)
-    )
 
 
 def _bind(grad: Callable[..., Tensor], params: tuple[Any, ...]) -> Callable[[Tensor, Tensor], Tensor]:

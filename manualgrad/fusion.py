@@ -19,7 +19,7 @@ from torch import Tensor
 from manualgrad._compat import functorch_level as _functorch_level
 from manualgrad._compat import is_legacy_batched as _is_legacy_batched
 
-__all__ = ["FUSION"]
+__all__ = ["FUSION", "plain_first_order"]
 
 
 class _Fusion:
@@ -74,14 +74,12 @@ class _Fusion:
         """Whether a fused kernel may replace the eager formula on these inputs, here and now."""
         return (
             self.enabled
-            and not torch.compiler.is_compiling()  # first: TorchDynamo folds it and traces no further
+            and plain_first_order(*tensors)
             and not self.broken
             and not self._tracing
             and tensors[0].device.type == "cpu"
-            and not torch.is_grad_enabled()
             and not torch.is_autocast_enabled("cpu")
-            and _functorch_level() is None
-            and all(t.is_contiguous() and not _is_legacy_batched(t) for t in tensors)
+            and all(t.is_contiguous() for t in tensors)
         )
 
     def run(
@@ -166,6 +164,19 @@ class _Fusion:
             warnings.warn(f"manualgrad: fused kernels unavailable ({err!r}); using eager ops", stacklevel=4)
             self.broken = True
             return None
+
+
+def plain_first_order(*tensors: Tensor) -> bool:
+    """Plain first order on ``tensors``: not traced by TorchDynamo (checked first: it folds the check and
+    traces no further), no grad mode (no double backward), no functorch transform, no batched gradients.
+    What a fused kernel needs, and what ``out=`` and in-place ops on fresh buffers need (the registry's
+    ``grad_plain``)."""
+    return (
+        not torch.compiler.is_compiling()
+        and not torch.is_grad_enabled()
+        and _functorch_level() is None
+        and not any(_is_legacy_batched(t) for t in tensors)
+    )
 
 
 def _direct_call(

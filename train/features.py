@@ -11,6 +11,7 @@ no privacy; it is computed once for every image before training.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Literal
 
@@ -21,11 +22,18 @@ __all__ = ["FEATURE_SIZES", "Features", "feature_size", "scatter_features"]
 
 Features = Literal["pixels", "scatter"]
 
-#: Flattened size of one image's features.
-FEATURE_SIZES: dict[str, int] = {"pixels": 28 * 28, "scatter": 81 * 7 * 7}
-
 #: Scattering scales and angles (Tramèr & Boneh's ScatterNet for MNIST) and the per-sample norm groups.
 SCATTER_J, SCATTER_L, SCATTER_GROUPS = 2, 8, 27
+
+#: One image's ScatterNet features: 1 + JL + L²J(J − 1)/2 = 81 channels of (28 / 2^J)² = 7 × 7.
+SCATTER_SHAPE = (
+    1 + SCATTER_J * SCATTER_L + SCATTER_L**2 * SCATTER_J * (SCATTER_J - 1) // 2,
+    28 >> SCATTER_J,
+    28 >> SCATTER_J,
+)
+
+#: Flattened size of one image's features.
+FEATURE_SIZES: dict[str, int] = {"pixels": 28 * 28, "scatter": math.prod(SCATTER_SHAPE)}
 
 
 def feature_size(features: str) -> int:
@@ -63,7 +71,7 @@ def scatter_features(images: torch.Tensor, batch_size: int = 2000, log_every: fl
             f"shape {tuple(images.shape)}"
         )
     scattering = _scattering().to(images.device)
-    out = torch.empty(len(images), 81, 7, 7, device=images.device)
+    out = torch.empty(len(images), *SCATTER_SHAPE, device=images.device)
     start = last = time.perf_counter()
     for i in range(0, len(images), batch_size):
         x = images[i : i + batch_size].float().div_(255.0)
