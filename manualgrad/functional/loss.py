@@ -17,9 +17,8 @@ back to their shapes.
 
 Cross entropy is one Function (:class:`CrossEntropyLoss`), and :class:`CrossEntropyIndices` for
 its common case (``(N, C)`` logits, class indices, no weight or smoothing): with
-:math:`p = \text{softmax}(x)`
-over the class dim and the per-class coefficients :math:`a = w \odot y_s` (:math:`y_s` the
-smoothed one-hot or probability target, zero on ignored samples), the sample loss is
+:math:`p = \text{softmax}(x)` over the class dim and the per-class coefficients :math:`a = w \odot y_s`
+(:math:`y_s` the smoothed one-hot or probability target, zero on ignored samples), the sample loss is
 :math:`-\sum_c a_c \log p_c` and
 
 .. math::
@@ -29,7 +28,7 @@ which is :math:`(p - y_s)\, w / \text{norm}` when :math:`w` is a constant. ``nor
 summed target weight (class indices) or the number of samples (probabilities) for ``'mean'``.
 
 Every backward is made of differentiable torch ops on saved inputs and outputs (cross entropy
-returns its log-probabilities as a hidden output; its common case saves the logits), so double
+returns its log-probabilities as a hidden output), so double
 backward works; each has a ``jvp``.
 Under autocast, the losses torch runs in float32 run in float32 here too (inside the Function);
 the backward computes in ``grad_output``'s dtype.
@@ -47,7 +46,7 @@ from torch.nn import functional as F
 
 from manualgrad._compat import nn_kernels
 from manualgrad._compat import reduction_args as _Reduction
-from manualgrad.fusion import FUSION
+from manualgrad.fusion import plain_first_order
 
 from ._common import TAP, ManualFunction, forward_ad_enabled, in_dtype
 
@@ -712,9 +711,7 @@ class CrossEntropyLoss(ManualFunction):
                 contrib = -(G * ys * logp)
                 grad_w = contrib.sum(dims) if dims else contrib
         if grad_logp is not None and needs[0]:
-            # the hidden log_softmax output: grad_input += g − p Σ_c g
-            cd = 0 if logp.dim() == 1 else 1
-            extra = grad_logp - p * grad_logp.sum(cd, keepdim=True)
+            extra = _logp_grad(grad_logp, p)
             grad_x = extra if grad_x is None else grad_x + extra
         return grad_x, grad_t, grad_w, None, None, None, None
 
@@ -739,52 +736,59 @@ class CrossEntropyLoss(ManualFunction):
 
 
 class CrossEntropyIndices(ManualFunction):
-    r"""The common case of :func:`cross_entropy` as a lean Function: ``apply(x, target, red, ignore_index)``.
+    r"""The usual classifier loss as a lean Function: ``apply(x, target, red, ignore_index)``.
 
-    ``x`` of shape ``(N, C)``, class indices, no weight, no label smoothing, ``'mean'`` or
-    ``'sum'``. One output; the logits are saved (the bytes torch saves as log-probabilities);
-    grad_input = G ⊙ (softmax(x) − onehot(t)).
+    ``x`` of shape ``(N, C)``, class indices, no weight, no label smoothing, ``'mean'`` or ``'sum'``.
+    Returns ``(loss, log_softmax(x))`` like :class:`CrossEntropyLoss` (the second is hidden and saved:
+    the bytes torch saves), with a fraction of its per-call Python; grad_input = G ⊙ (p − onehot(t)).
     """
 
     @staticmethod
-    def forward(x: Tensor, target: Tensor, red: str, ignore_index: int) -> Tensor:
-        # torch's forward: nll_loss(log_softmax(x)) in one call
-        return _nn.cross_entropy_loss(x, target, None, 1 if red == "mean" else 2, ignore_index, 0.0)
+    def forward(x: Tensor, target: Tensor, red: str, ignore_index: int) -> tuple[Tensor, Tensor]:
+        logp = torch.log_softmax(x, 1)
+        return _nn.nll_loss_nd(logp, target, None, 1 if red == "mean" else 2, ignore_index), logp
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        x, target, ctx.red, ctx.ignore_index = inputs
-        ctx.save_for_backward(x, target)
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+        _, target, ctx.red, ctx.ignore_index = inputs
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(output[1], target)
         if forward_ad_enabled():
-            ctx.save_for_forward(x, target)
+            ctx.save_for_forward(output[1], target)
 
     @staticmethod
-    def backward(ctx: Any, grad_loss: Tensor) -> tuple[Tensor | None, None, None, None]:
-        x, target = ctx.saved_tensors
-        if not ctx.needs_input_grad[0]:
-            return None, None, None, None
-        x = in_dtype(x, grad_loss.dtype)
-        red, ignore_index = ctx.red, ctx.ignore_index
-
-        def formula(grad_loss: Tensor, x: Tensor, target: Tensor) -> Tensor:
-            return _index_grad(grad_loss, torch.softmax(x, 1), target, red, ignore_index)
-
-        def eager(grad_loss: Tensor, x: Tensor, target: Tensor) -> Tensor:
-            return _index_grad_eager(grad_loss, x, target, red, ignore_index)
-
-        if FUSION.usable(grad_loss, x, target):  # one fused CPU kernel (once it pays) instead of a dozen tiny ones
-            key = ("cross_entropy", red, ignore_index)
-            return FUSION.run(key, formula, grad_loss, x, target, gain=0.5, eager=eager)[0], None, None, None
-        return formula(grad_loss, x, target), None, None, None
+    def backward(
+        ctx: Any, grad_loss: Tensor | None, grad_logp: Tensor | None
+    ) -> tuple[Tensor | None, None, None, None]:
+        logp, target = ctx.saved_tensors
+        if grad_logp is None:
+            if grad_loss is None:
+                return None, None, None, None
+            if logp.is_cpu and plain_first_order(grad_loss, logp):
+                return _index_grad_eager(grad_loss, logp, target, ctx.red, ctx.ignore_index), None, None, None
+        p = logp.exp()
+        grad_x = None if grad_loss is None else _index_grad(grad_loss, p, target, ctx.red, ctx.ignore_index)
+        if grad_logp is not None:
+            extra = _logp_grad(grad_logp, p)
+            grad_x = extra if grad_x is None else grad_x + extra
+        return grad_x, None, None, None
 
     @staticmethod
-    def tangent(ctx: Any, x_t: Tensor | None, *_: None) -> Tensor:
-        x, target = ctx.saved_tensors
+    def tangent(ctx: Any, x_t: Tensor | None, *_: None) -> tuple[Tensor, Tensor]:
+        logp, target = ctx.saved_tensors
         if x_t is None:
-            return torch.zeros((), dtype=x.dtype, device=x.device)
-        # d loss = Σ (∂loss/∂x) ẋ
-        unit = torch.ones((), dtype=x.dtype, device=x.device)
-        return (_index_grad(unit, torch.softmax(x, 1), target, ctx.red, ctx.ignore_index) * x_t).sum()
+            return torch.zeros((), dtype=logp.dtype, device=logp.device), torch.zeros_like(logp)
+        p = logp.exp()
+        # d log p = ẋ − Σ_c p ẋ;  d loss = Σ (∂loss/∂x) ẋ
+        unit = torch.ones((), dtype=logp.dtype, device=logp.device)
+        loss_t = (_index_grad(unit, p, target, ctx.red, ctx.ignore_index) * x_t).sum()
+        return loss_t, x_t - (p * x_t).sum(1, keepdim=True)
+
+
+def _logp_grad(grad_logp: Tensor, p: Tensor) -> Tensor:
+    """The gradient through the hidden ``log_softmax`` output: g − p Σ_c g along the class dim."""
+    cd = 0 if p.dim() == 1 else 1
+    return grad_logp - p * grad_logp.sum(cd, keepdim=True)
 
 
 def _index_grad(grad_loss: Tensor, p: Tensor, target: Tensor, red: str, ignore_index: int) -> Tensor:
@@ -802,30 +806,21 @@ def _index_grad(grad_loss: Tensor, p: Tensor, target: Tensor, red: str, ignore_i
     return G.unsqueeze(cd) * (p - onehot.to(p.dtype))
 
 
-def _index_grad_eager(grad_loss: Tensor, x: Tensor, target: Tensor, red: str, ignore_index: int) -> Tensor:
-    """:func:`_index_grad`'s arithmetic op by op on CPU, outside grad mode and transforms (the eager side
-    of the fused kernel), from the logits ``x``: softmax, then p − onehot(t) as one ``scatter_add_`` of
-    −1, both in place on one new buffer, and a per-sample G only where a target is ignored (a scalar
-    G otherwise): about half the ops of the onehot form, which a compiled kernel fuses better."""
-    cd = 0 if x.dim() == 1 else 1
-    p = _softmax_(x, cd)
+def _index_grad_eager(grad_loss: Tensor, logp: Tensor, target: Tensor, red: str, ignore_index: int) -> Tensor:
+    """:func:`_index_grad`'s arithmetic op by op on CPU, outside grad mode and transforms, from the saved
+    log-probabilities of ``(N, C)`` logits: p = exp(log p) into a new buffer, p − onehot(t) as one
+    in-place ``scatter_add_`` of −1, and a per-sample G only where a target is ignored (a scalar G
+    otherwise): three passes over the logits' size where the onehot form takes seven."""
+    p = logp.exp()  # softmax(x) = exp(log_softmax(x))
     counted = target != ignore_index
     n_counted = int(counted.sum())  # a CPU tensor: no device sync
     every = n_counted == target.numel()
-    index = (target if every else target.clamp(0, p.shape[cd] - 1)).unsqueeze(cd).long()
+    index = (target if every else target.clamp(0, p.shape[1] - 1)).unsqueeze(1)
     # p − onehot(t): −1 added at each sample's target class
-    p.scatter_add_(cd, index, torch.full(index.shape, -1.0, dtype=p.dtype, device=p.device))
+    p.scatter_add_(1, index, torch.full(index.shape, -1.0, dtype=p.dtype, device=p.device))
     G = grad_loss / max(n_counted, 1) if red == "mean" else grad_loss
     # grad_input = G ⊙ (p − onehot(t)), G = 0 on ignored samples
-    return p.mul_(G if every else (counted * G).unsqueeze(cd))
-
-
-def _softmax_(x: Tensor, dim: int) -> Tensor:
-    """softmax(x) = e^{x − max x} / Σ e^{x − max x} along ``dim``, in place on one new buffer (no grad
-    mode): ATen's CPU softmax over a short class dim is several times slower (254 against 75 µs for
-    1024 × 10 logits)."""
-    e = (x - x.amax(dim, keepdim=True)).exp_()
-    return e.div_(e.sum(dim, keepdim=True))
+    return p.mul_(G if every else (counted * G).unsqueeze(1))
 
 
 def _check_ce_target(fname: str, input: Tensor, target: Tensor, weight: Tensor | None) -> None:
@@ -895,7 +890,7 @@ def cross_entropy(
         and target.dtype == torch.long
         and (input.dtype == torch.float32 or input.dtype == torch.float64)
     ):
-        return CrossEntropyIndices.call(input, target, reduction, ignore_index)  # the usual classifier loss
+        return CrossEntropyIndices.call(input, target, reduction, ignore_index)[0]  # the usual classifier loss
     reduction = _enum_reduction(_legacy(size_average, reduce, reduction))
     if input.shape == target.shape:
         if not target.is_floating_point():
