@@ -28,6 +28,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 import torch
@@ -91,7 +92,7 @@ class Activation:
     def __repr__(self) -> str:  # shows up in compile guards and test ids
         return f"Activation({self.name})"
 
-    @property
+    @cached_property
     def defaults(self) -> tuple[Any, ...]:
         return tuple(p.default for p in self.params)
 

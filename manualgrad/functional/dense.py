@@ -132,7 +132,9 @@ class Linear(ManualFunction):
         x, weight = ctx.saved_tensors
         needs = ctx.needs_input_grad
         delta = rows(grad_output)  # δ = dC/dz, one row per sample
-        gx = grad_input(delta, in_dtype(weight, delta.dtype)).reshape(x.shape) if needs[0] else None
+        gx = grad_input(delta, in_dtype(weight, delta.dtype)) if needs[0] else None
+        if gx is not None and x.dim() != 2:
+            gx = gx.reshape(x.shape)
         if TAP.active is not None:  # per-sample terms: the context forms p.grad
             bias_at = 2 if len(ctx.next_functions) == 3 else None  # autograd's edges: the tensor inputs
             TAP.active.dense(ctx, 1, bias_at, delta, (in_dtype(rows(x), delta.dtype),), x.shape[:-1])
