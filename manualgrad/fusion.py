@@ -1,6 +1,6 @@
 """Fused CPU kernels compiled from manualgrad's own formulas: :data:`FUSION`.
 
-A formula (an activation derivative of the registry, a dense stack's
+A formula (an activation derivative of the registry, the cross-entropy gradient, a dense stack's
 whole forward or backward) is traced to an FX graph with ``make_fx``, compiled by TorchInductor for
 one set of input shapes, and called straight. The formulas stay the Python functions that also run
 op by op; this module only decides where their compiled form may replace them, and compiles it.
@@ -44,7 +44,8 @@ class _Fusion:
     * the activation derivatives of the registry elsewhere
       (:meth:`~manualgrad.activations.Activation.backward`; written
       into ``grad_output`` where the backward owns that buffer, since a fresh large buffer costs
-      page faults on every step).
+      page faults on every step);
+    * the cross-entropy gradient (:class:`manualgrad.functional.loss.CrossEntropyIndices`).
 
     Settings: ``enabled = False`` uses the eager formulas everywhere; ``dense = False`` keeps the
     dense stack op by op; ``min_numel`` is the size from which stacks (counted in their widest

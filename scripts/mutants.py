@@ -527,7 +527,7 @@ MUTANTS: tuple[Mutant, ...] = (
         LOSS_PY,
         "return G.unsqueeze(cd) * (p - onehot.to(p.dtype))",
         "return G.unsqueeze(cd) * (p - onehot.to(p.dtype)) * 1.001",
-        "cross entropy (class indices; the onehot form: grad mode, transforms, CUDA)",
+        "cross entropy (class indices; the onehot form: compiled kernel, grad mode, transforms, CUDA)",
         LOSS,
     ),
     m(

@@ -359,6 +359,24 @@ def test_fused_kernels_stay_out_of_batched_gradients(monkeypatch: pytest.MonkeyP
     assert not FUSION.broken
 
 
+@pytest.mark.slow
+def test_fused_cross_entropy_matches_eager_formula(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cross-entropy gradient compiled into one kernel: the same values, ignored targets included."""
+    from manualgrad.fusion import FUSION
+
+    torch.manual_seed(0)
+    monkeypatch.setattr(FUSION, "patience", 0.0)  # compile at first use
+    x, y = torch.randn(16, 5, requires_grad=True), torch.tensor([0, -100, 4, 2] * 4)
+    for reduction in ("mean", "sum"):
+        monkeypatch.setattr(FUSION, "enabled", True)
+        fused = torch.autograd.grad(MF.cross_entropy(x, y, reduction=reduction), x)
+        assert any(key[0][0] == "cross_entropy" for key in FUSION._kernels)
+        monkeypatch.setattr(FUSION, "enabled", False)
+        eager = torch.autograd.grad(MF.cross_entropy(x, y, reduction=reduction), x)
+        torch.testing.assert_close(fused, eager)
+        torch.testing.assert_close(fused, torch.autograd.grad(F.cross_entropy(x, y, reduction=reduction), x))
+
+
 # --- torch.func transforms --------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ torch.nn twin, or explicit float64 arithmetic:
 * reverse mode and double backward of the dense stack (every activation, the in-place ``grad_``
   variants included), Bilinear, PReLU and every activation, float64 at rtol 1e-7;
 * the compiled kernels (the dense stack's forward and backward graphs, the activation derivative
-  kernels), compiled at first use, in float32 against float64 torch at
+  kernels, the cross-entropy kernel), compiled at first use, in float32 against float64 torch at
   rtol 1e-5;
 * the bf16 save mode against the same computation in float64 from the bf16-rounded saved tensors,
   eager and compiled, at rtol 1e-5.
@@ -393,6 +393,15 @@ def test_compiled_kernels_match_torch(monkeypatch: pytest.MonkeyPatch) -> None:
         kinds = {key[0] for key in FUSION._kernels}
         assert {("gelu", ("none",), True), ("sigmoid", (), False)} <= kinds, kinds
 
+        # the cross-entropy gradient kernel
+        logits = torch.randn(16, 5, generator=gen).requires_grad_()
+        target = torch.tensor([0, -100, 4, 2] * 4)
+        logits64 = logits.detach().to(f64).requires_grad_()
+        results["cross-entropy"] = (
+            list(torch.autograd.grad(MF.cross_entropy(logits, target), logits)),
+            list(torch.autograd.grad(F.cross_entropy(logits64, target), logits64)),
+        )
+        assert any(key[0][0] == "cross_entropy" for key in FUSION._kernels)
         assert not FUSION.broken
     for path, (got, want) in results.items():
         try:

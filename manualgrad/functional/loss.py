@@ -46,7 +46,7 @@ from torch.nn import functional as F
 
 from manualgrad._compat import nn_kernels
 from manualgrad._compat import reduction_args as _Reduction
-from manualgrad.fusion import plain_first_order
+from manualgrad.fusion import FUSION
 
 from ._common import TAP, ManualFunction, forward_ad_enabled, in_dtype
 
@@ -764,8 +764,17 @@ class CrossEntropyIndices(ManualFunction):
         if grad_logp is None:
             if grad_loss is None:
                 return None, None, None, None
-            if logp.is_cpu and plain_first_order(grad_loss, logp):
-                return _index_grad_eager(grad_loss, logp, target, ctx.red, ctx.ignore_index), None, None, None
+            if FUSION.usable(grad_loss, logp, target):  # one compiled kernel once it pays, the lean ops until then
+                red, ignore_index = ctx.red, ctx.ignore_index
+
+                def formula(grad_loss: Tensor, logp: Tensor, target: Tensor) -> Tensor:
+                    return _index_grad(grad_loss, logp.exp(), target, red, ignore_index)
+
+                def eager(grad_loss: Tensor, logp: Tensor, target: Tensor) -> Tensor:
+                    return _index_grad_eager(grad_loss, logp, target, red, ignore_index)
+
+                key = ("cross_entropy", red, ignore_index)
+                return FUSION.run(key, formula, grad_loss, logp, target, gain=0.5, eager=eager)[0], None, None, None
         p = logp.exp()
         grad_x = None if grad_loss is None else _index_grad(grad_loss, p, target, ctx.red, ctx.ignore_index)
         if grad_logp is not None:
@@ -807,10 +816,11 @@ def _index_grad(grad_loss: Tensor, p: Tensor, target: Tensor, red: str, ignore_i
 
 
 def _index_grad_eager(grad_loss: Tensor, logp: Tensor, target: Tensor, red: str, ignore_index: int) -> Tensor:
-    """:func:`_index_grad`'s arithmetic op by op on CPU, outside grad mode and transforms, from the saved
-    log-probabilities of ``(N, C)`` logits: p = exp(log p) into a new buffer, p − onehot(t) as one
-    in-place ``scatter_add_`` of −1, and a per-sample G only where a target is ignored (a scalar G
-    otherwise): three passes over the logits' size where the onehot form takes seven."""
+    """:func:`_index_grad`'s arithmetic op by op on CPU, outside grad mode and transforms (the eager side
+    of the compiled kernel), from the saved log-probabilities of ``(N, C)`` logits: p = exp(log p) into a
+    new buffer, p − onehot(t) as one in-place ``scatter_add_`` of −1, and a per-sample G only where a
+    target is ignored (a scalar G otherwise): three passes over the logits' size where the onehot form
+    takes seven."""
     p = logp.exp()  # softmax(x) = exp(log_softmax(x))
     counted = target != ignore_index
     n_counted = int(counted.sum())  # a CPU tensor: no device sync
