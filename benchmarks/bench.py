@@ -259,10 +259,13 @@ def make_gemm_bound(native: nn.Module, x: Tensor) -> Step:
 
 
 def check_same_outputs(a: nn.Module, b: nn.Module, x: Tensor) -> None:
-    """Raise unless both models give the same output on ``x`` (they must hold the same weights)."""
+    """Raise unless both models give the same output on ``x`` (they must hold the same weights).
+
+    The tolerance catches different weights, not rounding: a GEMM's summation order may change with
+    the threads it gets (2e-5 was seen once between two float32 runs of the same 1024 × 10 logits)."""
     with torch.no_grad():
         ya, yb = a(x), b(x)
-    if not torch.allclose(ya, yb, rtol=1e-4, atol=1e-5):
+    if not torch.allclose(ya, yb, rtol=1e-3, atol=1e-4):
         raise RuntimeError(f"native and manualgrad outputs differ by {(ya - yb).abs().max():.3g}")
 
 
