@@ -92,10 +92,11 @@ class _Fusion:
     ) -> tuple[Tensor, ...]:
         """``formula(*args)`` as a tuple: by its compiled kernel where there is one, else eagerly.
 
-        ``key`` names everything the formula depends on besides the shapes, strides and dtypes of
-        ``args``; ``eager`` computes the same formula op by op (default: ``formula`` itself);
-        ``gain`` is the fraction of the eager time a kernel saves (about 0.1 for a dense stack,
-        whose matrix products stay the same, more for elementwise formulas).
+        ``key`` names everything the formula depends on besides the shapes and dtypes of ``args``
+        (contiguous tensors, as :meth:`usable` requires: their shapes fix their strides); ``eager``
+        computes the same formula op by op (default: ``formula`` itself); ``gain`` is the fraction
+        of the eager time a kernel saves (about 0.1 for a dense stack, whose matrix products stay
+        the same, more for elementwise formulas).
 
         A shape is compiled only once it has paid for its compile (the break-even rule of renting
         against buying): when the time a kernel would have saved so far, ``gain`` × the eager
@@ -105,7 +106,7 @@ class _Fusion:
         compile; a shape that repeats pays at most about twice what compiling it at once, or
         never, would have cost.
         """
-        full_key = (key, *((t.shape, t.stride(), t.dtype) for t in args))
+        full_key = (key, *[(t.shape, t.dtype) for t in args])  # contiguous (``usable``): the shape fixes the strides
         fn = self._kernels.get(full_key)
         if fn is not None:
             return fn(*args)
