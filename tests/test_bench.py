@@ -136,3 +136,25 @@ def test_usage_benchmark_parts_on_a_tiny_model() -> None:
     assert set(calls) == set(usage.SIDES) and all(len(v) == 2 and min(v) > 0 for v in calls.values())
     totals = usage.poisson_totals(setup, [3, 4, 0, 5], usage.SIDES[::-1])
     assert totals["native"] > 0 and totals["manualgrad"] > 0 and totals["kernels"] == 0
+
+
+def test_floor_variants_train_the_same_model(capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks.floor: every variant, the minimal twins included, gives native's gradients on the same
+    weights (so the floor it measures is the same computation); the table lists every variant."""
+    from benchmarks import floor
+
+    native = bench.build_native([12, 9, 7, 4], "relu", torch.device("cpu"))
+    x, y = torch.randn(6, 12), torch.tensor([0, 1, 2, 3, 0, 1])
+    want = None
+    for variant in floor.VARIANTS:
+        model, loss = floor.build(variant, native)
+        loss(model(x), y).backward()
+        grads = [p.grad for p in model.parameters()]
+        if want is None:
+            want = grads
+        assert len(grads) == len(want), variant
+        for got, ref in zip(grads, want, strict=True):
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6, msg=variant)
+    assert floor.main(["--model", "12-9-7-4", "--batch", "6", "--rounds", "2", "--threads", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [r.split("|")[1].strip() for r in rows[1:]] == list(floor.VARIANTS)

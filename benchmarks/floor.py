@@ -1,0 +1,247 @@
+"""Where a small training step's time goes: manualgrad's ways of running a ReLU MLP against minimal
+``torch.autograd.Function``\\ s that run the very same ops.
+
+Every variant is one training step (``zero_grad``, forward, cross entropy, backward, SGD with
+momentum) of the same weights on one fixed batch; the steps run interleaved in one process, the
+order rotating each round; ratio = median over rounds of (variant / native). Library defaults:
+kernels compile only once they have paid, so in a run of a few seconds the eager formulas run.
+
+* ``native``: torch.nn layers, ``nn.CrossEntropyLoss``;
+* ``fused``: ``manualgrad.convert(model)`` (one ``DenseStack`` node), ``mnn.CrossEntropyLoss``;
+* ``fused, torch loss``: the same stack with torch's loss;
+* ``fused, no bookkeeping``: that, with ``FUSION.enabled = False`` during the step (no kernel
+  bookkeeping: no break-even timing, no kernel lookup);
+* ``minimal fused``: one minimal Function for the whole MLP (forward ``F.linear`` + in-place
+  ``relu_``; backward ``δᵀX``, ``Σδ``, ``δW`` and the float mask ``1[a ≠ 0]``), torch's loss;
+* ``hand``: ``nn.Sequential(mnn.Linear, mnn.ReLU, ...)``, ``mnn.CrossEntropyLoss``;
+* ``minimal hand``: one minimal Function per layer and for the loss (``log_softmax`` +
+  ``nll_loss`` forward, ``exp`` + ``scatter_add_`` backward).
+
+The distance between a manualgrad variant and its minimal twin is the Python manualgrad adds
+around the same ops (dispatch, checks, kernel bookkeeping), which the floor shows a small step
+need not pay.
+
+Usage::
+
+    python -m benchmarks.floor                       # 784-256-256-10 at batch 128, 2 threads
+    python -m benchmarks.floor --batch 1024 --rounds 40 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import manualgrad
+import manualgrad.nn as mnn
+from benchmarks.bench import LR, MOMENTUM, build_hand, build_native
+from manualgrad.fusion import FUSION
+
+__all__ = ["VARIANTS", "MinimalCrossEntropy", "MinimalLinear", "MinimalMLP", "MinimalReLU", "build", "main"]
+
+VARIANTS = (
+    "native",
+    "fused",
+    "fused, torch loss",
+    "fused, no bookkeeping",
+    "minimal fused",
+    "hand",
+    "minimal hand",
+)
+Step = Callable[[], None]
+
+
+def _relu_mask(a: Tensor, like: Tensor) -> Tensor:
+    """1[a ≠ 0] as floats (a = relu(z) ≥ 0), written into a fresh buffer."""
+    return torch.ne(a, 0.0, out=torch.empty_like(like))
+
+
+class MinimalMLP(torch.autograd.Function):
+    """A whole ReLU MLP as one minimal Function: ``apply(x, w_1, b_1, ..., w_L, b_L)``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, *params: Tensor) -> Tensor:
+        h, hidden = x, []
+        for i in range(0, len(params), 2):
+            h = F.linear(h, params[i], params[i + 1])
+            if i + 2 < len(params):
+                h = h.relu_()
+                hidden.append(h)
+        ctx.save_for_backward(x, *params[0::2], *hidden)
+        return h
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        x, *rest = ctx.saved_tensors
+        n = (len(rest) + 1) // 2
+        weights, hidden = rest[:n], rest[n:]
+        grads: list[Tensor | None] = [None] * (2 * n)
+        for i in range(n - 1, -1, -1):
+            h = x if i == 0 else hidden[i - 1]
+            grads[2 * i], grads[2 * i + 1] = g.t().mm(h), g.sum(0)  # δᵀX, Σδ
+            if i > 0:
+                g = g.mm(weights[i])  # δW
+                g = g.mul_(_relu_mask(hidden[i - 1], g))
+        return (None, *grads)
+
+
+class MinimalLinear(torch.autograd.Function):
+    """``F.linear`` with the three products as its backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+        ctx.save_for_backward(x, w)
+        return F.linear(x, w, b)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
+        x, w = ctx.saved_tensors
+        return (g.mm(w) if ctx.needs_input_grad[0] else None), g.t().mm(x), g.sum(0)
+
+
+class MinimalReLU(torch.autograd.Function):
+    """``relu`` with the float mask as its backward."""
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor) -> Tensor:
+        a = torch.relu(z)
+        ctx.save_for_backward(a)
+        return a
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> Tensor:
+        (a,) = ctx.saved_tensors
+        return _relu_mask(a, g).mul_(g)
+
+
+class MinimalCrossEntropy(torch.autograd.Function):
+    """Mean cross entropy of class indices (none ignored): ``(exp(log p) − onehot) / N``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, target: Tensor) -> Tensor:
+        logp = torch.log_softmax(x, 1)
+        ctx.save_for_backward(logp, target)
+        return F.nll_loss(logp, target)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None]:
+        logp, target = ctx.saved_tensors
+        p = logp.exp()
+        p.scatter_add_(1, target.unsqueeze(1), torch.full((p.shape[0], 1), -1.0, dtype=p.dtype))
+        return p.mul_(g / p.shape[0]), None
+
+
+class _Apply(nn.Module):
+    """A module calling a minimal Function on ``native``'s parameters (the same tensors' values)."""
+
+    def __init__(self, fn: Callable[..., Tensor], *params: Tensor) -> None:
+        super().__init__()
+        self.fn, self.params = fn, nn.ParameterList(params)
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        return self.fn(*inputs, *self.params)
+
+
+def _minimal_hand(native: nn.Sequential) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for m in native:
+        if isinstance(m, nn.Linear):
+            layers.append(_Apply(MinimalLinear.apply, copy.deepcopy(m.weight), copy.deepcopy(m.bias)))
+        else:
+            layers.append(_Apply(MinimalReLU.apply))
+    return nn.Sequential(*layers)
+
+
+def build(variant: str, native: nn.Sequential) -> tuple[nn.Module, Callable[[Tensor, Tensor], Tensor]]:
+    """``variant``'s model (a copy of ``native``'s weights) and loss."""
+    if variant == "native":
+        return copy.deepcopy(native), nn.CrossEntropyLoss()
+    if variant.startswith("fused"):
+        loss = mnn.CrossEntropyLoss() if variant == "fused" else nn.CrossEntropyLoss()
+        return manualgrad.convert(copy.deepcopy(native)), loss
+    if variant == "minimal fused":
+        params = [copy.deepcopy(p) for m in native if isinstance(m, nn.Linear) for p in (m.weight, m.bias)]
+        return _Apply(MinimalMLP.apply, *params), nn.CrossEntropyLoss()
+    if variant == "hand":
+        return build_hand(native), mnn.CrossEntropyLoss()
+    if variant == "minimal hand":
+        return _minimal_hand(native), MinimalCrossEntropy.apply
+    raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+
+
+def make_step(variant: str, native: nn.Sequential, x: Tensor, y: Tensor) -> tuple[Step, nn.Module]:
+    """One training step of ``variant`` and its model."""
+    model, loss = build(variant, native)
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    bookkeeping = variant != "fused, no bookkeeping"
+
+    def step() -> None:
+        enabled, FUSION.enabled = FUSION.enabled, FUSION.enabled and bookkeeping
+        try:
+            opt.zero_grad()
+            loss(model(x), y).backward()
+            opt.step()
+        finally:
+            FUSION.enabled = enabled
+
+    return step, model
+
+
+def measure(sizes: Sequence[int], batch: int, rounds: int, inner: int = 5) -> dict[str, tuple[float, float]]:
+    """Per variant: (median ms per step, median ratio to native), interleaved rounds."""
+    native = build_native(list(sizes), "relu", torch.device("cpu"))
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, sizes[0], generator=gen)
+    y = torch.randint(0, sizes[-1], (batch,), generator=gen)
+    steps = {v: make_step(v, native, x, y)[0] for v in VARIANTS}
+    for step in steps.values():
+        for _ in range(3):
+            step()
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    order = list(VARIANTS)
+    for _ in range(rounds):
+        order = order[1:] + order[:1]
+        for v in order:
+            start = time.perf_counter()
+            for _ in range(inner):
+                steps[v]()
+            times[v].append((time.perf_counter() - start) / inner * 1e3)
+    base = times["native"]
+    return {
+        v: (statistics.median(t), statistics.median(a / b for a, b in zip(t, base, strict=True)))
+        for v, t in times.items()
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="benchmarks.floor", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="784-256-256-10", help="layer sizes (ReLU between them)")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=60)
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads(N)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    sizes = [int(s) for s in args.model.split("-")]
+    results = measure(sizes, args.batch, args.rounds)
+    print(f"{args.model} ReLU, batch {args.batch}, {args.threads} thread(s), {args.rounds} rounds\n")
+    print("| variant | ms | ratio to native |\n|---|---|---|")
+    for v, (ms, ratio) in results.items():
+        print(f"| {v} | {ms:.3f} | {ratio:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
