@@ -541,9 +541,9 @@ MUTANTS: tuple[Mutant, ...] = (
     m(
         "ce-tangent",
         LOSS_PY,
-        "logp_t = torch.zeros_like(logp) if x_t is None else x_t - (p * x_t).sum(cd, keepdim=True)",
-        "logp_t = torch.zeros_like(logp) if x_t is None else x_t - (p * x_t).sum(cd, keepdim=True) * 1.001",
-        "forward AD: cross entropy",
+        "return x_t - (p * x_t).sum(cd, keepdim=True)",
+        "return x_t - (p * x_t).sum(cd, keepdim=True) * 1.001",
+        "forward AD: cross entropy (the log-probabilities' tangent, both Functions)",
         LOSS_REF,
     ),
     m(

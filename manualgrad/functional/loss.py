@@ -720,8 +720,7 @@ class CrossEntropyLoss(ManualFunction):
         logp, target, w = ctx.saved_tensors
         ys, a, norm, cd = CrossEntropyLoss._coefficients(ctx, logp, target, w)
         p = logp.exp()
-        # d log p = ẋ − Σ_c p ẋ
-        logp_t = torch.zeros_like(logp) if x_t is None else x_t - (p * x_t).sum(cd, keepdim=True)
+        logp_t = torch.zeros_like(logp) if x_t is None else _logp_tangent(x_t, p)
         # d(−Σ a log p) = −Σ a d log p − Σ (1 − ε) w ṫ log p − Σ y_s ẇ log p
         per = -(a * logp_t).sum(cd)
         if ctx.probs and t_t is not None:
@@ -788,16 +787,22 @@ class CrossEntropyIndices(ManualFunction):
         if x_t is None:
             return torch.zeros((), dtype=logp.dtype, device=logp.device), torch.zeros_like(logp)
         p = logp.exp()
-        # d log p = ẋ − Σ_c p ẋ;  d loss = Σ (∂loss/∂x) ẋ
+        # d loss = Σ (∂loss/∂x) ẋ
         unit = torch.ones((), dtype=logp.dtype, device=logp.device)
         loss_t = (_index_grad(unit, p, target, ctx.red, ctx.ignore_index) * x_t).sum()
-        return loss_t, x_t - (p * x_t).sum(1, keepdim=True)
+        return loss_t, _logp_tangent(x_t, p)
 
 
 def _logp_grad(grad_logp: Tensor, p: Tensor) -> Tensor:
     """The gradient through the hidden ``log_softmax`` output: g − p Σ_c g along the class dim."""
     cd = 0 if p.dim() == 1 else 1
     return grad_logp - p * grad_logp.sum(cd, keepdim=True)
+
+
+def _logp_tangent(x_t: Tensor, p: Tensor) -> Tensor:
+    """The tangent of the hidden ``log_softmax`` output: d log p = ẋ − Σ_c p ẋ along the class dim."""
+    cd = 0 if p.dim() == 1 else 1
+    return x_t - (p * x_t).sum(cd, keepdim=True)
 
 
 def _index_grad(grad_loss: Tensor, p: Tensor, target: Tensor, red: str, ignore_index: int) -> Tensor:
