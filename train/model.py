@@ -13,6 +13,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from train.features import FEATURE_SIZES
 from train.privacy import DPSGD, Privacy, statement
 
 Backend = Literal["manualgrad", "native"]
@@ -23,7 +24,7 @@ Stage = Literal["train", "val", "test"]
 SavedDtype = Literal["float32", "bfloat16"]
 
 NUM_CLASSES = 10
-IN_FEATURES = 28 * 28
+IN_FEATURES = FEATURE_SIZES["pixels"]
 
 
 def native_activation(name: str) -> type[nn.Module]:
