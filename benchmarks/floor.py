@@ -12,7 +12,8 @@ kernels compile only once they have paid, so in a run of a few seconds the eager
 * ``fused, no bookkeeping``: that, with ``FUSION.enabled = False`` during the step (no kernel
   bookkeeping: no break-even timing, no kernel lookup);
 * ``minimal fused``: one minimal Function for the whole MLP (forward ``F.linear`` + in-place
-  ``relu_``; backward ``δᵀX``, ``Σδ``, ``δW`` and the float mask ``1[a ≠ 0]``), torch's loss;
+  ``relu_``; backward manualgrad's own ``grad_weight`` ``δᵀX``, ``grad_bias`` ``Σδ``, ``grad_input``
+  ``δW`` and ReLU's ``grad_plain``, called straight), torch's loss;
 * ``hand``: ``nn.Sequential(mnn.Linear, mnn.ReLU, ...)``, ``mnn.CrossEntropyLoss``;
 * ``minimal hand``: one minimal Function per layer and for the loss (``log_softmax`` +
   ``nll_loss`` forward, ``exp`` + ``scatter_add_`` backward).
@@ -48,7 +49,13 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import manualgrad
 import manualgrad.nn as mnn
 from benchmarks.bench import LR, MOMENTUM, build_hand, build_native
+from manualgrad.activations import _relu_grad_plain as _relu_grad
+from manualgrad.functional.dense import grad_bias, grad_input, grad_weight
 from manualgrad.fusion import FUSION
+
+# The minimal Functions call manualgrad's own formulas straight (no Function, checks or kernel
+# bookkeeping around them): ReLU's grad_plain (dC/da ⊙ 1[a ≠ 0], the float mask in a fresh buffer)
+# and the dense grad_weight, grad_bias, grad_input.
 
 __all__ = ["VARIANTS", "MinimalCrossEntropy", "MinimalLinear", "MinimalMLP", "MinimalReLU", "build", "main"]
 
@@ -62,11 +69,6 @@ VARIANTS = (
     "minimal hand",
 )
 Step = Callable[[], None]
-
-
-def _relu_mask(a: Tensor, like: Tensor) -> Tensor:
-    """1[a ≠ 0] as floats (a = relu(z) ≥ 0), written into a fresh buffer."""
-    return torch.ne(a, 0.0, out=torch.empty_like(like))
 
 
 class MinimalMLP(torch.autograd.Function):
@@ -91,10 +93,9 @@ class MinimalMLP(torch.autograd.Function):
         grads: list[Tensor | None] = [None] * (2 * n)
         for i in range(n - 1, -1, -1):
             h = x if i == 0 else hidden[i - 1]
-            grads[2 * i], grads[2 * i + 1] = g.t().mm(h), g.sum(0)  # δᵀX, Σδ
+            grads[2 * i], grads[2 * i + 1] = grad_weight(g, h), grad_bias(g)
             if i > 0:
-                g = g.mm(weights[i])  # δW
-                g = g.mul_(_relu_mask(hidden[i - 1], g))
+                g = _relu_grad(grad_input(g, weights[i]), hidden[i - 1])
         return (None, *grads)
 
 
@@ -109,7 +110,7 @@ class MinimalLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
         x, w = ctx.saved_tensors
-        return (g.mm(w) if ctx.needs_input_grad[0] else None), g.t().mm(x), g.sum(0)
+        return (grad_input(g, w) if ctx.needs_input_grad[0] else None), grad_weight(g, x), grad_bias(g)
 
 
 class MinimalReLU(torch.autograd.Function):
@@ -124,7 +125,7 @@ class MinimalReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> Tensor:
         (a,) = ctx.saved_tensors
-        return _relu_mask(a, g).mul_(g)
+        return _relu_grad(g, a)
 
 
 class MinimalCrossEntropy(torch.autograd.Function):
