@@ -132,11 +132,13 @@ class Activation:
             elif self.grad_plain is not None:
                 eager = self.grad_plain
         min_numel = FUSION.min_numel if self.grad_ is None else FUSION.min_numel_simple
-        if g.numel() >= min_numel and g.shape == saved.shape and g.dtype == saved.dtype and FUSION.usable(g, saved):
-            key, formula = (self.name, params, overwrite), self._formula(params, overwrite)
-            # what a kernel saves: half of a one- or two-kernel formula, most of a dozen-step one
-            gain = 0.5 if self.grad_ is not None else 0.8
-            return FUSION.run(key, formula, g, saved, gain=gain, eager=_bind(eager, params))[0]
+        if g.numel() >= min_numel and g.shape == saved.shape and g.dtype == saved.dtype:
+            calls = FUSION.sample()
+            if calls and FUSION.usable(g, saved):
+                key, formula = (self.name, params, overwrite), self._formula(params, overwrite)
+                # what a kernel saves: half of a one- or two-kernel formula, most of a dozen-step one
+                gain = 0.5 if self.grad_ is not None else 0.8
+                return FUSION.run(key, formula, g, saved, gain=gain, eager=_bind(eager, params), calls=calls)[0]
         return eager(g, saved, *params)
 
     def _formula(self, params: tuple[Any, ...], into: bool) -> Callable[[Tensor, Tensor], Tensor]:

@@ -8,6 +8,7 @@ op by op; this module only decides where their compiled form may replace them, a
 
 from __future__ import annotations
 
+import random
 import time
 import warnings
 from collections.abc import Callable
@@ -52,8 +53,9 @@ class _Fusion:
     layer) and multi-op activation formulas (GELU, SiLU, ...) are fused, ``min_numel_simple`` the
     size for the one- or two-kernel ones with an in-place ``grad_`` (ReLU, Sigmoid, Tanh);
     ``patience`` scales the break-even rule (``0``: compile every shape at first use, as before a
-    long fixed-shape run; larger: compile later). A machine where compiling fails (no C++
-    compiler) uses the eager formulas after one warning.
+    long fixed-shape run; larger: compile later); ``sample_every`` is how sparsely calls are counted
+    while no kernel exists (:meth:`sample`). A machine where compiling fails (no C++ compiler) uses
+    the eager formulas after one warning.
     """
 
     def __init__(self) -> None:
@@ -63,6 +65,8 @@ class _Fusion:
         self.min_numel_simple = 1 << 18
         self.max_kernels = 64
         self.patience = 1.0  # scales the break-even rule (0: compile at first use)
+        self.sample_every = 8  # while no kernel exists, one call in this many is counted (sample)
+        self._rng = random.Random(0)  # which calls: a private stream (the user's random state is theirs)
         self.compile_seconds = 2.0  # what one compile costs here: the running mean of those done
         self.broken = False  # compiling failed once: stay eager
         self._tracing = False  # a formula is being traced: its inner formulas run as they are
@@ -82,6 +86,23 @@ class _Fusion:
             and all(t.is_contiguous() for t in tensors)
         )
 
+    def sample(self) -> int:
+        """How many calls this one stands for in the break-even rule; ``0``: run the eager formula
+        straight, without the checks and the accounting of :meth:`usable` and :meth:`run`.
+
+        Once a kernel exists (or with ``patience = 0``: compile at first use) every call counts
+        (``1``). Until then, which is all of a short run and of a run whose shapes never repeat,
+        one call in ``sample_every``, drawn at random (no call site is always skipped), counts for
+        ``sample_every``: in a training step those checks and that accounting cost several
+        percent of a small model's step (Python run between large matrix products is several times
+        slower than in a loop of its own), for a compile decision that a sample makes as well.
+        """
+        if torch.compiler.is_compiling() or not self.enabled or self.broken:  # traced: no kernel, nothing drawn
+            return 0
+        if self._kernels or self.patience == 0 or self.sample_every <= 1:
+            return 1
+        return self.sample_every if self._rng.random() * self.sample_every < 1.0 else 0
+
     def run(
         self,
         key: tuple[Any, ...],
@@ -89,6 +110,7 @@ class _Fusion:
         *args: Tensor,
         gain: float,
         eager: Callable[..., Tensor | tuple[Tensor, ...]] | None = None,
+        calls: int = 1,
     ) -> tuple[Tensor, ...]:
         """``formula(*args)`` as a tuple: by its compiled kernel where there is one, else eagerly.
 
@@ -96,7 +118,8 @@ class _Fusion:
         (contiguous tensors, as :meth:`usable` requires: their shapes fix their strides); ``eager``
         computes the same formula op by op (default: ``formula`` itself); ``gain`` is the fraction
         of the eager time a kernel saves (about 0.1 for a dense stack, whose matrix products stay
-        the same, more for elementwise formulas).
+        the same, more for elementwise formulas); ``calls``: how many calls this one stands for
+        (:meth:`sample`).
 
         A shape is compiled only once it has paid for its compile (the break-even rule of renting
         against buying): when the time a kernel would have saved so far, ``gain`` × the eager
@@ -121,7 +144,7 @@ class _Fusion:
         out = (formula if eager is None else eager)(*args)
         if len(self._eager_seconds) >= 4096:  # many one-off shapes: forget them
             self._eager_seconds.clear()
-        self._eager_seconds[full_key] = spent + time.perf_counter() - start
+        self._eager_seconds[full_key] = spent + calls * (time.perf_counter() - start)
         return out if isinstance(out, tuple) else (out,)
 
     def _timed_compile(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import sys
 from types import SimpleNamespace
 from typing import Any
@@ -127,6 +128,78 @@ def test_a_shape_compiles_only_once_it_has_paid(monkeypatch: pytest.MonkeyPatch)
     FUSION.run(("k",), _official, a, b, gain=0.5, eager=eager)  # the kernel, no eager call
     assert clock[0] == 12 and len(compiled) == 1
     assert FUSION.compile_seconds == 0.0  # the measured cost of the (fake, instant) compile
+
+
+def test_calls_are_sampled_until_a_kernel_exists(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before any kernel exists, one call in ``sample_every`` (at random) takes the kernel path and counts
+    for ``sample_every``; once one exists, or with ``patience = 0``, every call; none while disabled."""
+    monkeypatch.setattr(FUSION, "_kernels", {})
+    monkeypatch.setattr(FUSION, "patience", 1.0)
+    monkeypatch.setattr(FUSION, "sample_every", 8)
+    monkeypatch.setattr(FUSION, "_rng", random.Random(0))
+    draws = [FUSION.sample() for _ in range(8000)]
+    assert set(draws) == {0, 8}
+    assert 850 <= draws.count(8) <= 1150  # about one in eight
+    assert max(len(run) for run in "".join("x" if d else "." for d in draws).split("x")) < 100  # no call site starves
+    monkeypatch.setattr(FUSION, "patience", 0.0)
+    assert FUSION.sample() == 1  # compile at first use: every call counts
+    monkeypatch.setattr(FUSION, "patience", 1.0)
+    monkeypatch.setattr(FUSION, "_kernels", {("k",): _official})
+    assert FUSION.sample() == 1
+    monkeypatch.setattr(FUSION, "enabled", False)
+    assert FUSION.sample() == 0
+
+
+def test_a_sampled_call_counts_for_the_calls_it_stands_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run(..., calls=8)`` adds eight times the call's eager seconds to the break-even account."""
+    import manualgrad.fusion as fusion
+
+    clock = [0.0]
+
+    def eager(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        clock[0] += 1.0
+        return a * 2 + b
+
+    monkeypatch.setattr(fusion.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(FUSION, "_compile", lambda formula, example: formula)
+    for name, value in (("_kernels", {}), ("_eager_seconds", {}), ("_compiles", []), ("compile_seconds", 4.0)):
+        monkeypatch.setattr(FUSION, name, value)
+    monkeypatch.setattr(FUSION, "patience", 1.0)
+    a, b = torch.randn(4, 3), torch.randn(4, 3)
+    FUSION.run(("k",), _official, a, b, gain=0.5, eager=eager, calls=8)  # 1 s eager, counted as 8 s
+    assert not FUSION._kernels
+    FUSION.run(("k",), _official, a, b, gain=0.5, eager=eager, calls=8)  # 0.5 × 8 s = 4 s: paid, compiled
+    assert len(FUSION._kernels) == 1 and clock[0] == 1.0
+
+
+def test_a_repeating_shape_still_compiles_when_calls_are_sampled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Library defaults (sampled accounting): a fixed-shape training loop reaches its kernels, same gradients."""
+    compiled: list[int] = []
+
+    def fake_compile(formula: Any, example: tuple[torch.Tensor, ...]) -> Any:
+        compiled.append(len(example))
+
+        def kernel(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            out = formula(*args)
+            return out if isinstance(out, tuple) else (out,)
+
+        return kernel
+
+    monkeypatch.setattr(FUSION, "_compile", fake_compile)
+    for name, value in (("_kernels", {}), ("_eager_seconds", {}), ("_compiles", []), ("compile_seconds", 1e-5)):
+        monkeypatch.setattr(FUSION, name, value)
+    monkeypatch.setattr(FUSION, "min_numel", 0)
+    monkeypatch.setattr(FUSION, "_rng", random.Random(0))
+    net = mnn.MLP(8, [16], 4)
+    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+    monkeypatch.setattr(FUSION, "enabled", False)
+    want = torch.autograd.grad(MF.cross_entropy(net(x), y), list(net.parameters()))
+    monkeypatch.setattr(FUSION, "enabled", True)
+    for _ in range(60):
+        got = torch.autograd.grad(MF.cross_entropy(net(x), y), list(net.parameters()))
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w)
+    assert len(compiled) >= 2 and FUSION._kernels  # the stack's forward and backward at least
 
 
 def test_new_batch_sizes_compile_nothing_by_default(monkeypatch: pytest.MonkeyPatch) -> None:

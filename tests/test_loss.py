@@ -788,30 +788,38 @@ def test_dynamo_traces_losses_without_graph_break() -> None:
 
 
 INDEX_GRAD_CASES = [
-    # (logits shape, targets, reduction)
-    pytest.param((16, 5), [0, 4, 2, 1] * 4, "mean", id="mean"),
-    pytest.param((16, 5), [0, 4, 2, 1] * 4, "sum", id="sum"),
-    pytest.param((16, 5), [0, -100, 4, 2] * 4, "mean", id="ignored-mean"),
-    pytest.param((4, 3), [-100] * 4, "mean", id="all-ignored"),
+    # (logits shape, targets, reduction, ignore_index): below, inside and above the classes
+    pytest.param((16, 5), [0, 4, 2, 1] * 4, "mean", -100, id="mean"),
+    pytest.param((16, 5), [0, 4, 2, 1] * 4, "sum", -100, id="sum"),
+    pytest.param((16, 5), [0, -100, 4, 2] * 4, "mean", -100, id="ignored-mean"),
+    pytest.param((4, 3), [-100] * 4, "mean", -100, id="all-ignored"),
+    pytest.param((16, 5), [0, 4, 2, 1] * 4, "mean", 2, id="ignore-a-class-mean"),
+    pytest.param((16, 5), [0, 4, 3, 1] * 4, "sum", 2, id="ignore-an-absent-class-sum"),
+    pytest.param((16, 5), [0, 5, 2, 1] * 4, "mean", 5, id="ignore-above-the-classes-mean"),
+    pytest.param((16, 5), [0, 4, 2, 1] * 4, "mean", 5, id="none-ignored-above-the-classes"),
+    pytest.param((0, 5), [], "sum", -100, id="empty-batch"),
 ]
 
 
-@pytest.mark.parametrize(("shape", "targets", "reduction"), INDEX_GRAD_CASES)
-def test_cross_entropy_eager_form_is_the_same_arithmetic(shape: tuple[int, ...], targets: Any, reduction: str) -> None:
+@pytest.mark.parametrize(("shape", "targets", "reduction", "ignore_index"), INDEX_GRAD_CASES)
+def test_cross_entropy_eager_form_is_the_same_arithmetic(
+    shape: tuple[int, ...], targets: Any, reduction: str, ignore_index: int
+) -> None:
     """``_index_grad_eager`` (p = exp(log p), p − onehot as a scatter_add, in place) gives ``_index_grad``'s
     values, both give torch's gradient, and the saved log-probabilities are left as they were."""
     from manualgrad.functional.loss import _index_grad, _index_grad_eager
 
     torch.manual_seed(0)
-    x, t = torch.randn(shape, dtype=torch.float64, requires_grad=True), torch.tensor(targets)
+    x, t = torch.randn(shape, dtype=torch.float64, requires_grad=True), torch.tensor(targets, dtype=torch.long)
     logp, g = torch.log_softmax(x.detach(), -1), torch.tensor(0.7, dtype=torch.float64)
-    formula = _index_grad(g, logp.exp(), t, reduction, -100)
+    formula = _index_grad(g, logp.exp(), t, reduction, ignore_index)
     saved = logp.clone()
     with torch.no_grad():
-        eager = _index_grad_eager(g, saved, t, reduction, -100)
+        eager = _index_grad_eager(g, saved, t, reduction, ignore_index)
     assert torch.equal(saved, logp)
     torch.testing.assert_close(eager, formula, rtol=1e-14, atol=1e-16)
-    (want,) = torch.autograd.grad(F.cross_entropy(x, t, reduction=reduction) * g, x)
+    loss = F.cross_entropy(x, t, reduction=reduction, ignore_index=ignore_index)
+    (want,) = torch.autograd.grad(loss * g, x)
     torch.testing.assert_close(formula, want, rtol=1e-12, atol=1e-15)
 
 

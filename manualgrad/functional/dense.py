@@ -372,6 +372,9 @@ def _fused_forward(x: Tensor, plan: tuple[Layer, ...], params: tuple[Tensor | No
     (TorchInductor's vectorised functions, e.g. a faster tanh than ATen's on AVX-512, within an ulp
     of it) and the Python work of the layer loop goes away.
     """
+    calls = FUSION.sample()  # most calls, before any kernel exists: straight to the eager formulas
+    if not calls:
+        return None
     weights = params[0::2]
     tensors = (x, *(p for p in params if p is not None))
     if not _fusable(plan, x, weights, tensors):  # type: ignore[arg-type]
@@ -382,7 +385,7 @@ def _fused_forward(x: Tensor, plan: tuple[Layer, ...], params: tuple[Tensor | No
         it = iter(given)
         return _forward(x, plan, tuple(next(it) if h else None for h in has))
 
-    return FUSION.run(("dense_forward", plan, has), formula, *tensors, gain=_gain(plan))
+    return FUSION.run(("dense_forward", plan, has), formula, *tensors, gain=_gain(plan), calls=calls)
 
 
 def _fused_backward(
@@ -402,6 +405,9 @@ def _fused_backward(
     sums become fused loops, and the whole backward is one call instead of a dozen Python-dispatched
     ops (their dispatch costs about as much as a small layer's arithmetic).
     """
+    calls = FUSION.sample()  # most calls, before any kernel exists: straight to the eager formulas
+    if not calls:
+        return None
     tensors = (grad_output, x, *weights, *hidden) if out is None else (grad_output, x, *weights, out, *hidden)
     if not _fusable(plan, x, weights, tensors):
         return None
@@ -413,7 +419,7 @@ def _fused_backward(
         grads = _backward(plan, slots, needs, g, (None,) * len(hs), x, ws, o, hs, True)
         return tuple(g for g in grads if g is not None)
 
-    computed = iter(FUSION.run(("dense_backward", plan, needs), formula, *tensors, gain=_gain(plan)))
+    computed = iter(FUSION.run(("dense_backward", plan, needs), formula, *tensors, gain=_gain(plan), calls=calls))
     return tuple(next(computed) if need else None for need in needs)
 
 

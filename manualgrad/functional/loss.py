@@ -46,7 +46,7 @@ from torch.nn import functional as F
 
 from manualgrad._compat import nn_kernels
 from manualgrad._compat import reduction_args as _Reduction
-from manualgrad.fusion import FUSION
+from manualgrad.fusion import FUSION, plain_first_order
 
 from ._common import TAP, ManualFunction, forward_ad_enabled, in_dtype
 
@@ -763,17 +763,22 @@ class CrossEntropyIndices(ManualFunction):
         if grad_logp is None:
             if grad_loss is None:
                 return None, None, None, None
-            if FUSION.usable(grad_loss, logp, target):  # one compiled kernel once it pays, the lean ops until then
+            if logp.device.type == "cpu" and plain_first_order(grad_loss):
                 red, ignore_index = ctx.red, ctx.ignore_index
+                # a compiled kernel once it pays, where one can (large enough, sampled: FUSION.sample)
+                calls = FUSION.sample() if logp.numel() >= FUSION.min_numel else 0
+                if calls and FUSION.usable(grad_loss, logp, target):
 
-                def formula(grad_loss: Tensor, logp: Tensor, target: Tensor) -> Tensor:
-                    return _index_grad(grad_loss, logp.exp(), target, red, ignore_index)
+                    def formula(grad_loss: Tensor, logp: Tensor, target: Tensor) -> Tensor:
+                        return _index_grad(grad_loss, logp.exp(), target, red, ignore_index)
 
-                def eager(grad_loss: Tensor, logp: Tensor, target: Tensor) -> Tensor:
-                    return _index_grad_eager(grad_loss, logp, target, red, ignore_index)
+                    def eager(grad_loss: Tensor, logp: Tensor, target: Tensor) -> Tensor:
+                        return _index_grad_eager(grad_loss, logp, target, red, ignore_index)
 
-                key = ("cross_entropy", red, ignore_index)
-                return FUSION.run(key, formula, grad_loss, logp, target, gain=0.5, eager=eager)[0], None, None, None
+                    key = ("cross_entropy", red, ignore_index)
+                    fused = FUSION.run(key, formula, grad_loss, logp, target, gain=0.5, eager=eager, calls=calls)
+                    return fused[0], None, None, None
+                return _index_grad_eager(grad_loss, logp, target, red, ignore_index), None, None, None
         p = logp.exp()
         grad_x = None if grad_loss is None else _index_grad(grad_loss, p, target, ctx.red, ctx.ignore_index)
         if grad_logp is not None:
@@ -827,15 +832,26 @@ def _index_grad_eager(grad_loss: Tensor, logp: Tensor, target: Tensor, red: str,
     target is ignored (a scalar G otherwise): three passes over the logits' size where the onehot form
     takes seven."""
     p = logp.exp()  # softmax(x) = exp(log_softmax(x))
-    counted = target != ignore_index
-    n_counted = int(counted.sum())  # a CPU tensor: no device sync
-    every = n_counted == target.numel()
-    index = (target if every else target.clamp(0, p.shape[1] - 1)).unsqueeze(1)
+    counted = None if _none_ignored(target, ignore_index, p.shape[1]) else target != ignore_index
+    n_counted = target.numel() if counted is None else int(counted.sum())  # a CPU tensor: no device sync
+    index = (target if counted is None else target.clamp(0, p.shape[1] - 1)).unsqueeze(1)
     # p − onehot(t): −1 added at each sample's target class
-    p.scatter_add_(1, index, torch.full(index.shape, -1.0, dtype=p.dtype, device=p.device))
+    p.scatter_add_(1, index, p.new_full(index.shape, -1.0))
     G = grad_loss / max(n_counted, 1) if red == "mean" else grad_loss
     # grad_input = G ⊙ (p − onehot(t)), G = 0 on ignored samples
-    return p.mul_(G if every else (counted * G).unsqueeze(1))
+    return p.mul_(G if counted is None else (counted * G).unsqueeze(1))
+
+
+def _none_ignored(target: Tensor, ignore_index: int, n_classes: int) -> bool:
+    """Whether no target of a CPU tensor equals ``ignore_index``, in one reduction where ``ignore_index``
+    lies outside the classes (the forward's ``nll_loss`` let only classes and ``ignore_index`` through)."""
+    if target.numel() == 0:
+        return True
+    if ignore_index < 0:
+        return int(target.min()) >= 0
+    if ignore_index >= n_classes:
+        return int(target.max()) < n_classes
+    return not bool((target == ignore_index).any())
 
 
 def _check_ce_target(fname: str, input: Tensor, target: Tensor, weight: Tensor | None) -> None:
