@@ -491,7 +491,9 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
                 [2., 2., 2.],
                 [2., 2., 2.]])
     """
-    _check_linear("linear", input, weight, bias)
+    shape = input.shape if isinstance(input, Tensor) else None
+    if shape is None or not _fits(shape[-1] if shape else -1, input.dtype, input.device, weight, bias):
+        _check_linear("linear", input, weight, bias)  # names what is wrong
     return Linear.call(input, weight, bias)
 
 

@@ -15,6 +15,7 @@ from torch.nn.parameter import Parameter
 
 from manualgrad import functional as MF
 from manualgrad.activations import ACTIVATIONS, Activation
+from manualgrad.functional.activation import Elementwise
 
 __all__ = ["ActivationModule", "Dropout", "PReLU", *(a.module for a in ACTIVATIONS.values())]
 
@@ -30,7 +31,10 @@ class ActivationModule(nn.Module):
         return tuple(getattr(self, p.name) for p in self.activation.params)
 
     def forward(self, input: Tensor) -> Tensor:
-        return MF.activation(input, self.activation, *self.act_params(), inplace=self.inplace)
+        act = self.activation
+        if not act.params and not self.inplace and isinstance(input, Tensor):  # ReLU, Tanh, ...: nothing to check
+            return Elementwise.call(input, act, ())
+        return MF.activation(input, act, *self.act_params(), inplace=self.inplace)
 
     def extra_repr(self) -> str:
         act = self.activation
