@@ -224,6 +224,14 @@ MUTANTS: tuple[Mutant, ...] = (
         PLAIN,
     ),
     m(
+        "gelu-grad-plain",
+        REGISTRY_PY,
+        "cdf = torch.mul(z, _INV_SQRT_2).erf_().add_(1.0).mul_(0.5)  # Φ(z)",
+        "cdf = torch.mul(z, _INV_SQRT_2).erf_().add_(1.0).mul_(0.5005)  # Φ(z)",
+        "GELU plain first-order derivative (hand-composed and eager stacks)",
+        PLAIN,
+    ),
+    m(
         "relu-nan-plain",
         REGISTRY_PY,
         "return torch.ne(a, 0.0, out=torch.empty_like(g)).mul_(g)",

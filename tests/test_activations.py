@@ -180,15 +180,16 @@ def test_plain_formulas_equal_grad(act: Activation, variant: str, dtype: torch.d
     """The speed variants (``grad_`` may overwrite dC/da, ``grad_plain`` for plain first order) give
     ``grad``'s values bit for bit, on kinks, NaN and ±inf too, and ``grad_plain`` leaves dC/da as it was."""
     z = torch.cat([sample(act, 200, dtype=dtype), edge_inputs(act, dtype), nonfinite_inputs(act, dtype)])
-    saved = act.forward(z) if act.saves == "output" else z
-    g = torch.randn(z.shape, generator=torch.Generator().manual_seed(2), dtype=dtype)
-    g[::7] = NAN
-    expected = act.grad(g, saved)
-    g_before = g.clone()
-    with torch.no_grad():
-        got = getattr(act, variant)(g.clone() if variant == "grad_" else g, saved)
-    torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
-    torch.testing.assert_close(g, g_before, rtol=0, atol=0, equal_nan=True)
+    for params in (act.defaults, *act.variants):  # every variant of the params (gelu's 'tanh', ...)
+        saved = act.forward(z, *params) if act.saves == "output" else z
+        g = torch.randn(z.shape, generator=torch.Generator().manual_seed(2), dtype=dtype)
+        g[::7] = NAN
+        expected = act.grad(g, saved, *params)
+        g_before = g.clone()
+        with torch.no_grad():
+            got = getattr(act, variant)(g.clone() if variant == "grad_" else g, saved, *params)
+        torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(g, g_before, rtol=0, atol=0, equal_nan=True)
 
 
 def test_softsign_at_infinity_is_the_limit() -> None:

@@ -765,8 +765,7 @@ class CrossEntropyIndices(ManualFunction):
                 return None, None, None, None
             if logp.device.type == "cpu" and plain_first_order(grad_loss):
                 red, ignore_index = ctx.red, ctx.ignore_index
-                # a compiled kernel once it pays, where one can (large enough, sampled: FUSION.sample)
-                calls = FUSION.sample() if logp.numel() >= FUSION.min_numel else 0
+                calls = FUSION.sample()  # one compiled kernel once it pays, the lean ops until then
                 if calls and FUSION.usable(grad_loss, logp, target):
 
                     def formula(grad_loss: Tensor, logp: Tensor, target: Tensor) -> Tensor:
