@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,19 @@ def test_floor_variants_train_the_same_model(capsys: pytest.CaptureFixture[str])
     assert floor.main(["--model", "12-9-7-4", "--batch", "6", "--rounds", "2", "--threads", "1"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
     assert [r.split("|")[1].strip() for r in rows[1:]] == list(floor.VARIANTS)
+
+
+@pytest.mark.parametrize("mode", ["hand", "fused", "norms", "clip"])
+def test_ab_runs_a_revision_beside_the_working_tree(mode: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``benchmarks.ab``: HEAD's package imported under its own name beside the working tree's, three
+    sides timed; the table names each side once with a positive time and native's ratio 1."""
+    from benchmarks import ab
+
+    argv = ["--rev", "HEAD", "--mode", mode, "--model", "20-16-5", "--batch", "8", "--steps", "3", "--threads", "1"]
+    assert ab.main(argv) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    cells = {r.strip("|").split("|")[0].strip(): r.strip("|").split("|")[1:] for r in rows[1:]}
+    assert list(cells) == ["native", "HEAD", "working tree"]
+    assert all(float(us) > 0 for us, _ in cells.values())
+    assert float(cells["native"][1]) == 1.0
+    assert "manualgrad_HEAD" in sys.modules and sys.modules["manualgrad_HEAD"] is not manualgrad
