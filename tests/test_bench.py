@@ -161,6 +161,7 @@ def test_floor_variants_train_the_same_model(capsys: pytest.CaptureFixture[str])
     assert [r.split("|")[1].strip() for r in rows[1:]] == list(floor.VARIANTS)
 
 
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[1] / ".git").exists(), reason="needs the git history")
 @pytest.mark.parametrize("mode", ["hand", "fused", "norms", "clip"])
 def test_ab_runs_a_revision_beside_the_working_tree(mode: str, capsys: pytest.CaptureFixture[str]) -> None:
     """``benchmarks.ab``: HEAD's package imported under its own name beside the working tree's, three
