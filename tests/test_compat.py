@@ -231,3 +231,49 @@ def test_without_current_callable_the_official_call_is_kept() -> None:
 
     example = (torch.randn(3),)
     assert _direct_call(official, [SimpleNamespace()], example) is official
+
+
+def test_backward_nodes_call_backward_straight_where_they_can() -> None:
+    """The eager twins' nodes call ``backward`` itself (same gradients as torch's); a Function with
+    ``vjp``, one with boxed gradients and a class without a node class keep torch's node."""
+    import torch.nn.functional as F
+    from torch.autograd.function import BackwardCFunction
+
+    import manualgrad.functional as MF
+    from manualgrad.functional.dense import Linear
+
+    assert Linear.eager_twin._backward_cls.apply is not BackwardCFunction.apply
+    assert Linear._backward_cls.apply is BackwardCFunction.apply  # the transforms' class: torch's node
+    x, w = torch.randn(5, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True)
+    g = torch.randn(5, 4)
+    ours = torch.autograd.grad(MF.linear(x, w), (x, w), g)
+    theirs = torch.autograd.grad(F.linear(x, w), (x, w), g)
+    torch.testing.assert_close(ours, theirs)
+
+    class WithVjp(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+            return x * 2
+
+        @staticmethod
+        def vjp(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+            return grad * 2
+
+    class Boxed(WithVjp):
+        boxed_grads_call = True
+        vjp = torch.autograd.Function.vjp
+
+        @staticmethod
+        def backward(ctx: object, grads: list[torch.Tensor]) -> torch.Tensor:
+            return grads[0] * 2
+
+    for fn in (WithVjp, Boxed):
+        _compat.call_backward_straight(fn)
+        assert fn._backward_cls.apply is BackwardCFunction.apply, fn.__name__
+    (grad,) = torch.autograd.grad(WithVjp.apply(x).sum(), x)
+    torch.testing.assert_close(grad, torch.full_like(x, 2.0))
+
+    class NoNodeClass:
+        vjp = torch.autograd.Function.vjp
+
+    _compat.call_backward_straight(NoNodeClass)  # type: ignore[arg-type]  # nothing to patch: no error

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from manualgrad._compat import CLASSIC_SETUP_CONTEXT, forward_ad_enabled
+from manualgrad._compat import CLASSIC_SETUP_CONTEXT, call_backward_straight, forward_ad_enabled
 from manualgrad._compat import functorch_level as _functorch_level
 
 __all__ = ["TAP", "ManualFunction", "check_same_device_dtype", "forward_ad_enabled", "in_dtype", "shape_str"]
@@ -91,6 +91,7 @@ class ManualFunction(torch.autograd.Function):
                 **common,
             },
         )
+        call_backward_straight(cls.eager_twin)
 
     @staticmethod
     def tangent(ctx: Any, *tangents: Any) -> Any:
