@@ -1,7 +1,7 @@
 """Fused CPU kernels compiled from manualgrad's own formulas: :data:`FUSION`.
 
 A formula (an activation derivative of the registry, the cross-entropy gradient, a dense stack's
-whole forward or backward) is traced to an FX graph with ``make_fx``, compiled by TorchInductor for
+whole backward) is traced to an FX graph with ``make_fx``, compiled by TorchInductor for
 one set of input shapes, and called straight. The formulas stay the Python functions that also run
 op by op; this module only decides where their compiled form may replace them, and compiles it.
 """
@@ -39,9 +39,9 @@ class _Fusion:
     Users:
 
     * :class:`~manualgrad.functional.dense.DenseStack` (``Linear → activation`` runs, the MLP):
-      its forward and its backward each become one compiled graph: the matrix products stay
-      torch's, the activations, their derivatives and the bias sums become fused loops, and the
-      per-layer Python work goes away;
+      its backward becomes one compiled graph: the matrix products stay torch's, the activation
+      derivatives and the bias sums become fused loops, and the per-layer Python work goes away
+      (its forward stays eager: compiled, it measured slower);
     * the activation derivatives of the registry elsewhere
       (:meth:`~manualgrad.activations.Activation.backward`; written
       into ``grad_output`` where the backward owns that buffer, since a fresh large buffer costs

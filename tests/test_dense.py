@@ -311,7 +311,7 @@ def test_dense_stack_compiled_graphs_match_op_by_op(
     monkeypatch.setattr(FUSION, "_kernels", {})  # this test's kernels only
     fused = run()
     kinds = {key[0][0] for key in FUSION._kernels}
-    assert {"dense_forward", "dense_backward"} <= kinds  # both graphs compiled and ran
+    assert "dense_backward" in kinds and "dense_forward" not in kinds  # the backward compiled; the forward stays eager
     monkeypatch.setattr(FUSION, "enabled", False)
     eager = run()
     for a, b in zip(fused, eager, strict=True):

@@ -376,10 +376,10 @@ def test_compiled_kernels_match_torch(monkeypatch: pytest.MonkeyPatch) -> None:
         y_ref = ref(x64)
         want = [y_ref.detach(), *torch.autograd.grad(y_ref, [x64, *ref.parameters()], g.to(f64))]
 
-        # the dense stack: forward and backward, each one compiled graph
+        # the dense stack: its backward one compiled graph (its forward stays eager)
         results["dense-stack-forward-backward"] = (run(net), want)
         kinds = {key[0][0] for key in FUSION._kernels}
-        assert {"dense_forward", "dense_backward"} <= kinds, kinds
+        assert "dense_backward" in kinds and "dense_forward" not in kinds, kinds
 
         # the bf16 save mode's backward graph, against the float64 computation from the rounded tensors
         compact = _compiled_net(torch.bfloat16)

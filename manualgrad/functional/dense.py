@@ -189,17 +189,20 @@ class DenseStack(ManualFunction):
     ``torch.bfloat16``) the hidden tensors are saved in that compact dtype: less memory, slightly
     rounded gradients, first-order gradients only.
 
-    On CPU, from ``FUSION.min_numel`` elements in the widest layer on, the forward and the
-    first-order backward each run as one compiled graph of these same formulas
-    (:data:`~manualgrad.fusion.FUSION`; ``FUSION.dense = False`` turns it off); elsewhere
-    (double backward, functorch, ``torch.compile``, CUDA, small layers) they run op by op.
+    On CPU, from ``FUSION.min_numel`` elements in the widest layer on, the first-order backward
+    runs as one compiled graph of these same formulas (:data:`~manualgrad.fusion.FUSION`;
+    ``FUSION.dense = False`` turns it off); elsewhere (double backward, functorch,
+    ``torch.compile``, CUDA, small layers) it runs op by op. The forward always runs op by op,
+    each activation in place on its fresh pre-activation: its compiled graph was measured slower
+    (in one process, against the same stack with a compiled backward, on seven of eight
+    configurations of this project's grid by 1–7 %, GELU within a point).
     """
 
     @staticmethod
     def forward(
         x: Tensor, plan: tuple[Layer, ...], save_dtype: torch.dtype | None, *params: Tensor | None
     ) -> tuple[Tensor, ...]:
-        return _fused_forward(x, plan, params) or _forward(x, plan, params)
+        return _forward(x, plan, params)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
@@ -362,30 +365,6 @@ def _gain(plan: tuple[Layer, ...]) -> float:
     two-kernel activations (ReLU, Sigmoid, Tanh: measured 0.09 of the small MLP's step) and 0.3 where
     an activation is a multi-op formula that becomes one loop (GELU's dozen steps: 0.21 of the step)."""
     return 0.3 if any(act is not None and act.grad_ is None for act, _ in plan) else 0.1
-
-
-def _fused_forward(x: Tensor, plan: tuple[Layer, ...], params: tuple[Tensor | None, ...]) -> tuple[Tensor, ...] | None:
-    """:func:`_forward` through :meth:`FUSION.run <manualgrad.fusion._Fusion.run>` (one compiled graph once
-    the shape has paid for its compile), where :func:`_fusable`; ``None`` where not.
-
-    The matrix products stay torch's (the same ``addmm``); the activations become compiled loops
-    (TorchInductor's vectorised functions, e.g. a faster tanh than ATen's on AVX-512, within an ulp
-    of it) and the Python work of the layer loop goes away.
-    """
-    calls = FUSION.sample()  # most calls, before any kernel exists: straight to the eager formulas
-    if not calls:
-        return None
-    weights = params[0::2]
-    tensors = (x, *(p for p in params if p is not None))
-    if not _fusable(plan, x, weights, tensors):  # type: ignore[arg-type]
-        return None
-    has = tuple(p is not None for p in params)
-
-    def formula(x: Tensor, *given: Tensor) -> tuple[Tensor, ...]:
-        it = iter(given)
-        return _forward(x, plan, tuple(next(it) if h else None for h in has))
-
-    return FUSION.run(("dense_forward", plan, has), formula, *tensors, gain=_gain(plan), calls=calls)
 
 
 def _fused_backward(
