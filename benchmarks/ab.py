@@ -4,7 +4,8 @@ This VM moves the same cell by ±5 % between processes, more than most changes a
 two builds run side by side in one process instead: the revision's ``manualgrad`` package is
 extracted (``git archive``) into a temporary directory under another name (``manualgrad_<rev>``, its
 own imports rewritten to match), both packages are imported, and the training steps of native,
-the revision and the working tree are alternated ``--steps`` times, the order rotating each round.
+the revision and the working tree are alternated ``--steps`` times, the order rotating each round
+(:func:`benchmarks.floor.interleave`).
 Reported: each side's median step time and the median of its per-step ratios to native, which
 resolves about one point.
 
@@ -29,12 +30,10 @@ import copy
 import importlib
 import io
 import re
-import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -48,6 +47,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import manualgrad
 from benchmarks.bench import LR, MOMENTUM, build_native
+from benchmarks.floor import interleave
 
 __all__ = ["MODES", "load_revision", "main", "make_step"]
 
@@ -113,26 +113,6 @@ def make_step(pkg: Any, mode: str, native: nn.Sequential, x: Tensor, y: Tensor, 
     return step
 
 
-def measure(steps: dict[str, Step], rounds: int) -> dict[str, tuple[float, float]]:
-    """Per side: (median µs per step, median per-step ratio to native), interleaved, order rotating."""
-    for step in steps.values():
-        for _ in range(3):
-            step()
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    order = list(steps)
-    for _ in range(rounds):
-        order = order[1:] + order[:1]
-        for k in order:
-            start = time.perf_counter()
-            steps[k]()
-            times[k].append((time.perf_counter() - start) * 1e6)
-    base = times["native"]
-    return {
-        k: (statistics.median(t), statistics.median(a / b for a, b in zip(t, base, strict=True)))
-        for k, t in times.items()
-    }
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="benchmarks.ab", description=__doc__.split("\n")[0])
     p.add_argument("--rev", default="HEAD", help="the git revision to compare the working tree with")
@@ -157,14 +137,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.rev: make_step(old, args.mode, native, x, y, args.loss),
             "working tree": make_step(manualgrad, args.mode, native, x, y, args.loss),
         }
-        results = measure(steps, args.steps)
+        results = interleave(steps, args.steps)
     print(
         f"{args.model} {args.act}, batch {args.batch}, mode {args.mode}, loss {args.loss}, "
         f"{args.threads} thread(s), {args.steps} rounds\n"
     )
     print("| side | µs per step | ratio to native |\n|---|---|---|")
-    for side, (us, ratio) in results.items():
-        print(f"| {side} | {us:.1f} | {ratio:.3f} |")
+    for side, (ms, ratio) in results.items():
+        print(f"| {side} | {ms * 1e3:.1f} | {ratio:.3f} |")
     return 0
 
 

@@ -57,7 +57,16 @@ from manualgrad.fusion import FUSION
 # bookkeeping around them): ReLU's grad_plain (dC/da ⊙ 1[a ≠ 0], the float mask in a fresh buffer)
 # and the dense grad_weight, grad_bias, grad_input.
 
-__all__ = ["VARIANTS", "MinimalCrossEntropy", "MinimalLinear", "MinimalMLP", "MinimalReLU", "build", "main"]
+__all__ = [
+    "VARIANTS",
+    "MinimalCrossEntropy",
+    "MinimalLinear",
+    "MinimalMLP",
+    "MinimalReLU",
+    "build",
+    "interleave",
+    "main",
+]
 
 VARIANTS = (
     "native",
@@ -208,22 +217,28 @@ def measure(sizes: Sequence[int], batch: int, rounds: int, inner: int = 5) -> di
     x = torch.randn(batch, sizes[0], generator=gen)
     y = torch.randint(0, sizes[-1], (batch,), generator=gen)
     steps = {v: make_step(v, native, x, y)[0] for v in VARIANTS}
+    return interleave(steps, rounds, inner)
+
+
+def interleave(steps: dict[str, Step], rounds: int, inner: int = 1) -> dict[str, tuple[float, float]]:
+    """Per side: (median ms per step, median per-round ratio to ``steps["native"]``); three warm-up
+    steps each, then ``rounds`` rounds of ``inner`` steps per side, the order rotating each round."""
     for step in steps.values():
         for _ in range(3):
             step()
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    order = list(VARIANTS)
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    order = list(steps)
     for _ in range(rounds):
         order = order[1:] + order[:1]
-        for v in order:
+        for k in order:
             start = time.perf_counter()
             for _ in range(inner):
-                steps[v]()
-            times[v].append((time.perf_counter() - start) / inner * 1e3)
+                steps[k]()
+            times[k].append((time.perf_counter() - start) / inner * 1e3)
     base = times["native"]
     return {
-        v: (statistics.median(t), statistics.median(a / b for a, b in zip(t, base, strict=True)))
-        for v, t in times.items()
+        k: (statistics.median(t), statistics.median(a / b for a, b in zip(t, base, strict=True)))
+        for k, t in times.items()
     }
 
 
