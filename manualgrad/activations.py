@@ -115,8 +115,9 @@ class Activation:
         """``dC/dz = dC/da ⊙ σ'``, the way that is fastest here; every way computes ``grad``'s formula.
 
         * ``overwrite``: ``g`` is the backward's own temporary, so the result may be written into it.
-        * a first-order backward on CPU, from ``FUSION.min_numel`` elements on (larger for the
-          one- or two-kernel formulas that have ``grad_``), runs ``grad`` compiled into one fused
+        * a first-order backward on CPU, from ``FUSION.min_numel`` elements on (for the one- or
+          two-kernel formulas that have ``grad_``: ``FUSION.min_numel_simple``, by default never),
+          runs ``grad`` compiled into one fused
           loop (:data:`FUSION`) once that shape has paid for its compile: the formula then reads
           and writes memory once, like torch's hand-written kernels, instead of once per step
           (GELU's formula is a dozen steps).
@@ -132,7 +133,7 @@ class Activation:
             elif self.grad_plain is not None:
                 eager = self.grad_plain
         min_numel = FUSION.min_numel if self.grad_ is None else FUSION.min_numel_simple
-        if g.numel() >= min_numel and g.shape == saved.shape and g.dtype == saved.dtype:
+        if min_numel is not None and g.numel() >= min_numel and g.shape == saved.shape and g.dtype == saved.dtype:
             calls = FUSION.sample()
             if calls and FUSION.usable(g, saved):
                 key, formula = (self.name, params, overwrite), self._formula(params, overwrite)
