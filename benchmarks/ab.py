@@ -21,6 +21,7 @@ Usage::
 
     python -m benchmarks.ab --rev 46e76ee --mode hand
     python -m benchmarks.ab --rev HEAD --mode norms --batch 256 --loss torch --steps 300
+    python -m benchmarks.ab --rev 00eef08 --mode hand --batch 1024 --patience 0   # steady state
 """
 
 from __future__ import annotations
@@ -123,6 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--loss", choices=("mnn", "torch"), default="mnn")
     p.add_argument("--steps", type=int, default=300, help="rounds of interleaved steps")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads(N)")
+    p.add_argument(
+        "--patience", type=float, default=None, help="FUSION.patience of both builds (0: kernels compile at first use)"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.model.split("-")]
@@ -132,6 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     y = torch.randint(0, sizes[-1], (args.batch,), generator=gen)
     with tempfile.TemporaryDirectory() as tmp:
         old = load_revision(args.rev, Path(tmp))
+        if args.patience is not None:  # each build has its own FUSION
+            for pkg in (old, manualgrad):
+                importlib.import_module(pkg.__name__ + ".fusion").FUSION.patience = args.patience
         steps = {
             "native": make_step(None, args.mode, native, x, y, args.loss),
             args.rev: make_step(old, args.mode, native, x, y, args.loss),
@@ -140,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = interleave(steps, args.steps)
     print(
         f"{args.model} {args.act}, batch {args.batch}, mode {args.mode}, loss {args.loss}, "
-        f"{args.threads} thread(s), {args.steps} rounds\n"
+        f"{args.threads} thread(s), {args.steps} rounds, patience {args.patience}\n"
     )
     print("| side | µs per step | ratio to native |\n|---|---|---|")
     for side, (ms, ratio) in results.items():
