@@ -350,9 +350,9 @@ def _backward(
 def _fusable(
     plan: tuple[Layer, ...], x: Tensor, weights: tuple[Tensor, ...] | list[Tensor], tensors: tuple[Tensor, ...]
 ) -> bool:
-    """Whether a stack on ``x`` runs as one compiled graph (:data:`~manualgrad.fusion.FUSION`):
-    ``FUSION.dense`` on, more than a lone Linear (whose forward is one torch op already),
-    ``FUSION.min_numel`` elements in the widest layer, and ``FUSION.usable``."""
+    """Whether a stack's backward on ``x`` runs as one compiled graph (:data:`~manualgrad.fusion.FUSION`):
+    ``FUSION.dense`` on, more than a lone Linear (whose backward is its three products: nothing to
+    fuse), ``FUSION.min_numel`` elements in the widest layer, and ``FUSION.usable``."""
     if not FUSION.dense or (len(plan) == 1 and plan[0][0] is None):
         return False
     n = x.shape[0] if x.dim() == 2 else math.prod(x.shape[:-1])
@@ -470,9 +470,7 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
                 [2., 2., 2.],
                 [2., 2., 2.]])
     """
-    shape = input.shape if isinstance(input, Tensor) else None
-    if shape is None or not _fits(shape[-1] if shape else -1, input.dtype, input.device, weight, bias):
-        _check_linear("linear", input, weight, bias)  # names what is wrong
+    _check_linear("linear", input, weight, bias)
     return Linear.call(input, weight, bias)
 
 
