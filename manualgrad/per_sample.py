@@ -231,6 +231,52 @@ class GivenSamples(Samples):
         return self._each.square().sum(0)
 
 
+def _one_row_layers(samples: list[Samples]) -> list[tuple[Rows, Tensor | None, bool]] | None:
+    """The layers behind ``samples`` as ``(δ, input, has bias)``, where every term is a one-row dense
+    layer's (a 2-D input: the usual MLP) of one dtype, its weight's and bias's terms sharing δ;
+    ``None`` otherwise."""
+    layers: dict[int, tuple[Rows, Tensor | None, bool]] = {}
+    dtype = samples[0].dtype
+    for b in samples:
+        if type(b) is not DenseSamples or len(b.factors) > 1 or b.delta.shape[1] != 1 or b.dtype != dtype:
+            return None
+        rows, x, bias = layers.get(id(b.rows), (b.rows, None, False))
+        if b.factors:
+            if x is not None:
+                return None
+            x = b.factors[0]
+        elif bias:
+            return None
+        layers[id(b.rows)] = (rows, x, bias or not b.factors)
+    return list(layers.values())
+
+
+def _layers_norm_sq(layers: list[tuple[Rows, Tensor | None, bool]]) -> Tensor:
+    """``Σ_p ‖b_n‖²`` over one-row dense layers (:func:`_one_row_layers`), for every sample.
+
+    A layer's weight and bias share δ: ``‖δ_n x_nᵀ‖² + ‖δ_n‖² = ‖δ_n‖² (‖x_n‖² + 1)``. The row norms
+    of all layers go into two ``(L, N)`` buffers, so that combining them costs five ops whatever
+    the depth (each op run between a backward's large products costs several times its own time).
+    """
+    delta = layers[0][0].delta
+    d = delta.new_empty(len(layers), delta.shape[0])
+    u = torch.empty_like(d)
+    for i, (rows, x, _) in enumerate(layers):
+        torch.linalg.vector_norm(rows.delta[:, 0], dim=-1, out=d[i])  # ‖δ_n‖
+        if x is None:
+            u[i].zero_()
+        else:
+            torch.linalg.vector_norm(x[:, 0], dim=-1, out=u[i])  # ‖x_n‖
+    bias = [has_bias for _, _, has_bias in layers]
+    u.square_()
+    if all(bias):
+        u.add_(1.0)
+    elif any(bias):
+        u.add_(torch.tensor(bias, dtype=u.dtype, device=u.device)[:, None])
+    # Σ_layers ‖δ_n‖² (‖x_n‖² + [bias])
+    return u.mul_(d.square_()).sum(0)
+
+
 def _combine(parts: list[Samples]) -> Samples:
     """One parameter's terms from all the nodes that used it."""
     if len(parts) == 1:
@@ -363,6 +409,7 @@ class _Context:
     end, all at once (an error leaves every ``p.grad`` as it was before the context)."""
 
     fname: ClassVar[str]
+    _param_norms = False  # each parameter's ‖b_n‖² is asked for anyway: the norms add those up
 
     def __init__(self, model: nn.Module, loss_reduction: str) -> None:
         if not isinstance(model, nn.Module):
@@ -432,7 +479,7 @@ class _Context:
         samples = {key: _combine(parts) for key, parts in records.items()}
         scale = float(n) if self.loss_reduction == "mean" else 1.0
         if samples:  # ‖g_n‖ = s ‖b_n‖, b_n over all parameters
-            self.norms = torch.stack([b.norm_sq() for b in samples.values()]).sum(0).sqrt_().mul_(scale)
+            self.norms = self._norm_sq(list(samples.values())).sqrt_().mul_(scale)
         else:
             self.norms = torch.zeros(n)
         weights = self._weights(scale)
@@ -448,6 +495,13 @@ class _Context:
                 p.grad = old
             for name, value in extra.get(key, {}).items():
                 setattr(p, name, value)
+
+    def _norm_sq(self, samples: list[Samples]) -> Tensor:
+        """``Σ_p ‖b_n‖²`` over all the parameters' terms ``samples``: ``(N,)``."""
+        layers = None if self._param_norms else _one_row_layers(samples)
+        if layers is None:
+            return torch.stack([b.norm_sq() for b in samples]).sum(0)
+        return _layers_norm_sq(layers)
 
     def _weights(self, scale: float) -> Tensor | None:
         """The per-sample weights ``w_n`` of ``p.grad = Σ_n w_n b_n``."""
@@ -592,6 +646,7 @@ class per_sample(_Context):
             if q not in QUANTITIES:
                 raise ValueError(f"per_sample(): expected quantities from {sorted(QUANTITIES)}, but got {q!r}")
         self.quantities = tuple(dict.fromkeys(quantities))
+        self._param_norms = BatchL2.name in self.quantities
 
     def _quantities(self, samples: dict[int, Samples], scale: float, n: int) -> dict[int, dict[str, Tensor | None]]:
         out: dict[int, dict[str, Tensor | None]] = {}

@@ -629,6 +629,14 @@ MUTANTS: tuple[Mutant, ...] = (
         PER_SAMPLE,
     ),
     m(
+        "per-sample-norm-layers",
+        PER_SAMPLE_PY,
+        "return u.mul_(d.square_()).sum(0)",
+        "return u.mul_(d.square_()).sum(0) * 1.001",
+        "Σ ‖δ_n‖²(‖x_n‖² + 1) over one-row layers (norms, clipping)",
+        PER_SAMPLE,
+    ),
+    m(
         "per-sample-norm-gram",
         PER_SAMPLE_PY,
         "gram = gram * f.matmul(f.mT)",

@@ -59,10 +59,12 @@ def mlp(act: str = "tanh", bias: bool = True, dropout: float = 0.0) -> tuple[nn.
     return _twin(mg, nn.Sequential(*layers))
 
 
-def hand(act: str = "relu") -> tuple[nn.Module, nn.Module]:
-    """A plain ``nn.Sequential`` of ``mnn`` layers (the lean one-layer Functions, no fusion)."""
-    mg = nn.Sequential(mnn.Linear(6, 8), getattr(mnn, {"relu": "ReLU", "tanh": "Tanh"}[act])(), mnn.Linear(8, 3))
-    ref = nn.Sequential(nn.Linear(6, 8), {"relu": nn.ReLU, "tanh": nn.Tanh}[act](), nn.Linear(8, 3))
+def hand(act: str = "relu", bias: bool = True) -> tuple[nn.Module, nn.Module]:
+    """A plain ``nn.Sequential`` of ``mnn`` layers (the lean one-layer Functions, no fusion); without
+    ``bias``, the last layer has none."""
+    act_mg = getattr(mnn, {"relu": "ReLU", "tanh": "Tanh"}[act])()
+    mg = nn.Sequential(mnn.Linear(6, 8), act_mg, mnn.Linear(8, 3, bias=bias))
+    ref = nn.Sequential(nn.Linear(6, 8), {"relu": nn.ReLU, "tanh": nn.Tanh}[act](), nn.Linear(8, 3, bias=bias))
     return _twin(mg, ref)
 
 
@@ -129,6 +131,7 @@ CASES = [
     Case("mlp-nobias", lambda: mlp("sigmoid", bias=False), loss="ce-mg"),
     Case("hand-relu", hand),
     Case("hand-tanh-mse", lambda: hand("tanh"), loss="mse-torch"),
+    Case("hand-last-nobias", lambda: hand(bias=False)),
     Case("bilinear", bilinear),
     Case("bilinear-nobias", lambda: bilinear(False), loss="ce-mg"),
     Case("prelu-channels", lambda: prelu(8)),
@@ -194,6 +197,20 @@ def test_grad_sample_and_norms(case: Case, reduction: str) -> None:
         assert_ref(p.grad_sample, want[name])
         assert_ref(p.grad, q.grad)
     assert_ref(ps.norms, flat_norms(want))  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("frozen", ["0.weight", "0.bias", "2.weight"])
+@pytest.mark.parametrize("kind", ["per_sample", "clip_per_sample"])
+def test_norms_without_frozen_parameters(frozen: str, kind: str) -> None:
+    """A frozen weight or bias has no term in the norms (a layer left with its bias alone, or its weight)."""
+    mg, ref = hand()
+    mg.get_parameter(frozen).requires_grad_(False)
+    x, y = batch(Case("hand", hand))
+    ctx = manualgrad.per_sample(mg) if kind == "per_sample" else manualgrad.clip_per_sample(mg, 1e9)
+    with ctx:
+        F.cross_entropy(mg(x), y).backward()
+    want = {k: v for k, v in oracle(Case("hand", hand), ref, x, y, "mean").items() if k != frozen}
+    assert_ref(ctx.norms, flat_norms(want))
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
