@@ -14,6 +14,9 @@ kernels compile only once they have paid, so in a run of a few seconds the eager
 * ``minimal fused``: one minimal Function for the whole MLP (forward ``F.linear`` + in-place
   ``relu_``; backward manualgrad's own ``grad_weight`` ``δᵀX``, ``grad_bias`` ``Σδ``, ``grad_input``
   ``δW`` and ReLU's ``grad_plain``, called straight), torch's loss;
+* ``minimal fused, norms``: that Function also forming each sample's gradient norm in its backward,
+  ``‖g_n‖² = Σ_l ‖δ_n‖² (‖x_n‖² + 1)`` (two row norms per layer and their combination, nothing
+  else): the floor of ``manualgrad.per_sample``'s ``.norms`` (its issue asks ≤ 1.05);
 * ``hand``: ``nn.Sequential(mnn.Linear, mnn.ReLU, ...)``, ``mnn.CrossEntropyLoss``;
 * ``minimal hand``: one minimal Function per layer and for the loss (``log_softmax`` +
   ``nll_loss`` forward, ``exp`` + ``scatter_add_`` backward).
@@ -62,6 +65,7 @@ __all__ = [
     "MinimalCrossEntropy",
     "MinimalLinear",
     "MinimalMLP",
+    "MinimalMLPNorms",
     "MinimalReLU",
     "build",
     "interleave",
@@ -74,6 +78,7 @@ VARIANTS = (
     "fused, torch loss",
     "fused, no bookkeeping",
     "minimal fused",
+    "minimal fused, norms",
     "hand",
     "minimal hand",
 )
@@ -105,6 +110,30 @@ class MinimalMLP(torch.autograd.Function):
             grads[2 * i], grads[2 * i + 1] = grad_weight(g, h), grad_bias(g)
             if i > 0:
                 g = _relu_grad(grad_input(g, weights[i]), hidden[i - 1])
+        return (None, *grads)
+
+
+class MinimalMLPNorms(MinimalMLP):
+    """:class:`MinimalMLP` whose backward also forms each sample's gradient norm (into ``norms``)."""
+
+    norms: Tensor | None = None
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        x, *rest = ctx.saved_tensors
+        n = (len(rest) + 1) // 2
+        weights, hidden = rest[:n], rest[n:]
+        grads: list[Tensor | None] = [None] * (2 * n)
+        d, u = g.new_empty(n, g.shape[0]), g.new_empty(n, g.shape[0])
+        for i in range(n - 1, -1, -1):
+            h = x if i == 0 else hidden[i - 1]
+            torch.linalg.vector_norm(g, dim=1, out=d[i])  # ‖δ_n‖
+            torch.linalg.vector_norm(h, dim=1, out=u[i])  # ‖x_n‖
+            grads[2 * i], grads[2 * i + 1] = grad_weight(g, h), grad_bias(g)
+            if i > 0:
+                g = _relu_grad(grad_input(g, weights[i]), hidden[i - 1])
+        # ‖g_n‖ = sqrt(Σ_l ‖δ_n‖² (‖x_n‖² + 1)), unscaled
+        MinimalMLPNorms.norms = u.square_().add_(1.0).mul_(d.square_()).sum(0).sqrt_()
         return (None, *grads)
 
 
@@ -182,9 +211,10 @@ def build(variant: str, native: nn.Sequential) -> tuple[nn.Module, Callable[[Ten
     if variant.startswith("fused"):
         loss = mnn.CrossEntropyLoss() if variant == "fused" else nn.CrossEntropyLoss()
         return manualgrad.convert(copy.deepcopy(native)), loss
-    if variant == "minimal fused":
+    if variant.startswith("minimal fused"):
         params = [copy.deepcopy(p) for m in native if isinstance(m, nn.Linear) for p in (m.weight, m.bias)]
-        return _Apply(MinimalMLP.apply, *params), nn.CrossEntropyLoss()
+        fn = MinimalMLPNorms if variant.endswith("norms") else MinimalMLP
+        return _Apply(fn.apply, *params), nn.CrossEntropyLoss()
     if variant == "hand":
         return build_hand(native), mnn.CrossEntropyLoss()
     if variant == "minimal hand":

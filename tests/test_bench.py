@@ -5,6 +5,7 @@ No timing is asserted, only the structure of the results and the byte counts.
 
 from __future__ import annotations
 
+import copy
 import json
 import statistics
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import manualgrad
@@ -156,6 +158,12 @@ def test_floor_variants_train_the_same_model(capsys: pytest.CaptureFixture[str])
         assert len(grads) == len(want), variant
         for got, ref in zip(grads, want, strict=True):
             torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6, msg=variant)
+    # the norms floor forms what per_sample's .norms holds (its b_n carry the mean's 1/N)
+    mg = manualgrad.convert(copy.deepcopy(native))
+    with manualgrad.per_sample(mg) as ps:
+        F.cross_entropy(mg(x), y).backward()
+    assert floor.MinimalMLPNorms.norms is not None
+    torch.testing.assert_close(floor.MinimalMLPNorms.norms * len(y), ps.norms, rtol=1e-5, atol=1e-6)
     assert floor.main(["--model", "12-9-7-4", "--batch", "6", "--rounds", "2", "--threads", "1"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
     assert [r.split("|")[1].strip() for r in rows[1:]] == list(floor.VARIANTS)
