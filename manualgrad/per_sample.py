@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from manualgrad._compat import graph_task_id, storage_use_count
-from manualgrad.functional._common import TAP, shape_str
+from manualgrad.functional._common import TAP, in_dtype, shape_str
 from manualgrad.functional.dense import grad_bias, grad_weight, outer_rows
 
 __all__ = [
@@ -97,23 +97,39 @@ class Samples:
         raise NotImplementedError
 
 
+def _as_shape(t: Tensor, shape: torch.Size) -> Tensor:
+    """``t`` reshaped to ``shape``, without a call into torch where it has it already (between a
+    backward's large products even a no-op costs microseconds)."""
+    return t if t.shape == shape else t.reshape(shape)
+
+
 def _sq_norms(t: Tensor) -> Tensor:
     """``‖t_i‖²`` over the last dim, in one reduction (no squared temporary)."""
     return torch.linalg.vector_norm(t, dim=-1).square()
 
 
 class Rows:
-    """δ of one layer call ``(N, T, out)``, shared by its weight's and its bias's terms, with what both
-    need computed once: ``‖δ_{n,t}‖²`` and the re-weighted rows ``w_n δ_{n,t}``.
+    """δ of one layer call, shared by its weight's and its bias's terms, with what both need computed
+    once: ``‖δ_{n,t}‖²`` and the re-weighted rows ``w_n δ_{n,t}``.
 
+    Kept as the layer gave it, rows ``(N·T, out)`` (``flat``), ``T`` rows per sample; ``delta`` is the
+    ``(N, T, out)`` view, made where it is needed (inputs with extra dims, ``grad_sample``).
     ``owned``: δ is the backward's own temporary (the fused stack's), which nothing else can see: it is
     re-weighted in place (no second copy of δ), once its norms are taken.
     """
 
-    def __init__(self, delta: Tensor, owned: bool = False) -> None:
-        self.delta, self.owned = delta, owned
+    def __init__(self, flat: Tensor, n: int, t: int, owned: bool = False) -> None:
+        self.flat, self.n, self.t, self.owned = flat, n, t, owned
+        self._delta: Tensor | None = None
         self._sq: Tensor | None = None
         self._weighted: tuple[Tensor | None, Tensor | None] = (None, None)
+
+    @property
+    def delta(self) -> Tensor:
+        """``(N, T, out)``."""
+        if self._delta is None:
+            self._delta = self.flat.reshape(self.n, self.t, self.flat.shape[-1])
+        return self._delta
 
     def sq_norms(self) -> Tensor:
         """``‖δ_{n,t}‖²``: ``(N, T)``."""
@@ -124,11 +140,15 @@ class Rows:
     def weighted(self, weights: Tensor | None) -> Tensor:
         """``w_n δ_{n,t}`` as rows ``(N·T, out)`` (``δ`` itself without ``weights``)."""
         if weights is None:
-            return self.delta.reshape(-1, self.delta.shape[-1])
+            return self.flat
         if self._weighted[0] is not weights:
-            w = weights.to(self.delta.dtype)[:, None, None]
-            d = self.delta.mul_(w) if self.owned else self.delta * w
-            self._weighted = (weights, d.reshape(-1, d.shape[-1]))
+            w = in_dtype(weights, self.flat.dtype)
+            if self.t == 1:  # one row per sample
+                w, d = w[:, None], self.flat
+            else:
+                w, d = w[:, None, None], self.delta
+            d = d.mul_(w) if self.owned else d * w
+            self._weighted = (weights, d if self.t == 1 else d.reshape(-1, d.shape[-1]))
         return self._weighted[1]  # type: ignore[return-value]
 
 
@@ -139,30 +159,38 @@ class DenseSamples(Samples):
     one factor each), and ``b_n = Σ_t δ_{n,t}`` for a bias (no factors).
 
     Args:
-        rows: δ, ``(N, T, out)`` (:class:`Rows`): ``T`` rows per sample (1 for a 2-D input).
-        factors: the layer's inputs, each ``(N, T, d)``; none for a bias.
+        rows: δ (:class:`Rows`): ``T`` rows per sample (1 for a 2-D input).
+        flat_factors: the layer's inputs as rows, each ``(N·T, d)``; none for a bias (``factors``:
+            the same as ``(N, T, d)``).
         shape: the parameter's shape.
     """
 
-    def __init__(self, rows: Rows, factors: tuple[Tensor, ...], shape: torch.Size) -> None:
-        self.rows, self.factors, self.shape, self.dtype = rows, factors, shape, rows.delta.dtype
+    def __init__(self, rows: Rows, flat_factors: tuple[Tensor, ...], shape: torch.Size) -> None:
+        self.rows, self.flat_factors, self.shape, self.dtype = rows, flat_factors, shape, rows.flat.dtype
+        self._factors: tuple[Tensor, ...] | None = None
 
     @property
     def delta(self) -> Tensor:
         return self.rows.delta
 
+    @property
+    def factors(self) -> tuple[Tensor, ...]:
+        if self._factors is None:
+            n, t = self.rows.n, self.rows.t
+            self._factors = tuple(f.reshape(n, t, f.shape[-1]) for f in self.flat_factors)
+        return self._factors
+
     def total(self, weights: Tensor | None = None) -> Tensor:
         d = self.rows.weighted(weights)
-        if not self.factors:
+        if not self.flat_factors:
             # Σ_n w_n b_n = Σ_{n,t} w_n δ_{n,t}: grad_bias of the weighted rows
-            return grad_bias(d).reshape(self.shape)
-        u = outer_rows(*(f.reshape(-1, f.shape[-1]) for f in self.factors))
+            return _as_shape(grad_bias(d), self.shape)
         # Σ_n w_n b_n = (w ⊙ δ)ᵀ U: grad_weight of the weighted rows
-        return grad_weight(d, u).reshape(self.shape)
+        return _as_shape(grad_weight(d, outer_rows(*self.flat_factors)), self.shape)
 
     def each(self, scale: float = 1.0, out: Tensor | None = None) -> Tensor:
         delta = self.delta if scale == 1 else self.delta * scale  # scaled before the big product
-        if not self.factors:
+        if not self.flat_factors:
             # b_n = Σ_t δ_{n,t}: grad_bias per sample
             return grad_bias(delta)
         n = delta.shape[0]
@@ -174,31 +202,32 @@ class DenseSamples(Samples):
 
     def _gram_is_cheaper(self) -> bool:
         """The Gram form costs ``T²(out + Σd)`` per sample, forming ``b_n`` costs ``T·out·Πd``."""
-        _, t, out = self.delta.shape
-        dims = [f.shape[-1] for f in self.factors]
+        t, out = self.rows.t, self.rows.flat.shape[-1]
+        dims = [f.shape[-1] for f in self.flat_factors]
         return t * (out + sum(dims)) <= out * math.prod(dims)
 
     def _norm_sq(self) -> Tensor:
-        delta, factors = self.delta, self.factors
-        if delta.shape[1] == 1:
+        if self.rows.t == 1:
             # ‖δ_n u_nᵀ‖² = ‖δ_n‖² Π_k ‖x_{k,n}‖²   (‖δ_n‖² alone for a bias)
             sq = self.rows.sq_norms()[:, 0]
-            for f in factors:
-                sq = sq * _sq_norms(f[:, 0])
+            for f in self.flat_factors:
+                sq = sq * _sq_norms(f)
             return sq
-        if not factors or not self._gram_is_cheaper():
+        if not self.flat_factors or not self._gram_is_cheaper():
             return _sq_norms(self.each().flatten(1))
         # ‖Σ_t δ_t u_tᵀ‖² = Σ_{t,s} (δ_t · δ_s) Π_k (x_{k,t} · x_{k,s})   (Gram form)
+        delta = self.delta
         gram = delta.matmul(delta.mT)
-        for f in factors:
+        for f in self.factors:
             gram = gram * f.matmul(f.mT)
         return gram.sum((1, 2))
 
     def sum_sq(self) -> Tensor:
-        if self.delta.shape[1] == 1:
+        if self.rows.t == 1:
             # Σ_n b_n ⊙ b_n = (δ ⊙ δ)ᵀ (U ⊙ U): each b_n = δ_n u_nᵀ is an outer product
-            squares = tuple(f.square() for f in self.factors)
-            return DenseSamples(Rows(self.delta.square()), squares, self.shape).total()
+            squares = tuple(f.square() for f in self.flat_factors)
+            rows = Rows(self.rows.flat.square(), self.rows.n, 1)
+            return DenseSamples(rows, squares, self.shape).total()
         return self.each().square().sum(0)
 
     @staticmethod
@@ -206,7 +235,9 @@ class DenseSamples(Samples):
         """One parameter's terms from several uses (a layer called twice): more rows per sample."""
         delta = torch.cat([p.delta for p in parts], 1)
         factors = tuple(torch.cat(fs, 1) for fs in zip(*(p.factors for p in parts), strict=True))
-        return DenseSamples(Rows(delta, owned=True), factors, parts[0].shape)
+        n, t = delta.shape[:2]
+        flat = tuple(f.reshape(n * t, f.shape[-1]) for f in factors)
+        return DenseSamples(Rows(delta.reshape(n * t, -1), n, t, owned=True), flat, parts[0].shape)
 
 
 class GivenSamples(Samples):
@@ -238,16 +269,16 @@ def _one_row_layers(samples: list[Samples]) -> list[tuple[Rows, Tensor | None, b
     layers: dict[int, tuple[Rows, Tensor | None, bool]] = {}
     dtype = samples[0].dtype
     for b in samples:
-        if type(b) is not DenseSamples or len(b.factors) > 1 or b.delta.shape[1] != 1 or b.dtype != dtype:
+        if type(b) is not DenseSamples or len(b.flat_factors) > 1 or b.rows.t != 1 or b.dtype != dtype:
             return None
         rows, x, bias = layers.get(id(b.rows), (b.rows, None, False))
-        if b.factors:
+        if b.flat_factors:
             if x is not None:
                 return None
-            x = b.factors[0]
+            x = b.flat_factors[0]
         elif bias:
             return None
-        layers[id(b.rows)] = (rows, x, bias or not b.factors)
+        layers[id(b.rows)] = (rows, x, bias or not b.flat_factors)
     return list(layers.values())
 
 
@@ -258,15 +289,15 @@ def _layers_norm_sq(layers: list[tuple[Rows, Tensor | None, bool]]) -> Tensor:
     of all layers go into two ``(L, N)`` buffers, so that combining them costs five ops whatever
     the depth (each op run between a backward's large products costs several times its own time).
     """
-    delta = layers[0][0].delta
+    delta = layers[0][0].flat
     d = delta.new_empty(len(layers), delta.shape[0])
     u = torch.empty_like(d)
     for i, (rows, x, _) in enumerate(layers):
-        torch.linalg.vector_norm(rows.delta[:, 0], dim=-1, out=d[i])  # ‖δ_n‖
+        torch.linalg.vector_norm(rows.flat, dim=-1, out=d[i])  # ‖δ_n‖
         if x is None:
             u[i].zero_()
         else:
-            torch.linalg.vector_norm(x[:, 0], dim=-1, out=u[i])  # ‖x_n‖
+            torch.linalg.vector_norm(x, dim=-1, out=u[i])  # ‖x_n‖
     bias = [has_bias for _, _, has_bias in layers]
     u.square_()
     if all(bias):
@@ -282,7 +313,7 @@ def _combine(parts: list[Samples]) -> Samples:
     if len(parts) == 1:
         return parts[0]
     dense = [p for p in parts if isinstance(p, DenseSamples)]
-    if len(dense) == len(parts) and len({len(p.factors) for p in dense}) == 1:
+    if len(dense) == len(parts) and len({len(p.flat_factors) for p in dense}) == 1:
         return DenseSamples.join(dense)
     return GivenSamples(sum(p.each() for p in parts))  # type: ignore[arg-type]
 
@@ -489,7 +520,7 @@ class _Context:
             key = id(p)
             g, old = grads.get(key), self._stash.get(key)
             if g is not None:
-                g = g.to(p.dtype)
+                g = in_dtype(g, p.dtype)
                 p.grad = g if old is None else old.add_(g)
             elif old is not None:
                 p.grad = old
@@ -577,10 +608,9 @@ class _Context:
         edges = node.next_functions
         weight = self._param(node, edges, w_at)
         bias = None if b_at is None else self._param(node, edges, b_at)
-        rows = Rows(delta.reshape(n, t, delta.shape[-1]), owned and delta.is_contiguous())
+        rows = Rows(delta, n, t, owned and delta.is_contiguous())
         if weight is not None:
-            factors = tuple(f.reshape(n, t, f.shape[-1]) for f in inputs)
-            self._add(weight, DenseSamples(rows, factors, weight.shape))
+            self._add(weight, DenseSamples(rows, inputs, weight.shape))
         if bias is not None:
             self._add(bias, DenseSamples(rows, (), bias.shape))
 
