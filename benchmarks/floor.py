@@ -18,6 +18,10 @@ kernels compile only once they have paid, so in a run of a few seconds the eager
   ``‖g_n‖² = Σ_l ‖δ_n‖² (‖x_n‖² + 1)`` (two row norms per layer and their combination, nothing
   else): the floor of ``manualgrad.per_sample``'s ``.norms`` (its issue asks ≤ 1.05);
 * ``hand``: ``nn.Sequential(mnn.Linear, mnn.ReLU, ...)``, ``mnn.CrossEntropyLoss``;
+* ``hand, called straight``: manualgrad's own Functions of those layers and loss
+  (``Linear``, ``Elementwise``, ``CrossEntropyIndices``), applied straight, without the modules'
+  and functions' checks and dispatch around them: what the hand-composed step would cost if every
+  call-level check were free;
 * ``minimal hand``: one minimal Function per layer and for the loss (``log_softmax`` +
   ``nll_loss`` forward, ``exp`` + ``scatter_add_`` backward).
 
@@ -52,8 +56,11 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import manualgrad
 import manualgrad.nn as mnn
 from benchmarks.bench import LR, MOMENTUM, build_hand, build_native
+from manualgrad.activations import ACTIVATIONS
 from manualgrad.activations import _relu_grad_plain as _relu_grad
-from manualgrad.functional.dense import grad_bias, grad_input, grad_weight
+from manualgrad.functional.activation import Elementwise
+from manualgrad.functional.dense import Linear, grad_bias, grad_input, grad_weight
+from manualgrad.functional.loss import CrossEntropyIndices
 from manualgrad.fusion import FUSION
 
 # The minimal Functions call manualgrad's own formulas straight (no Function, checks or kernel
@@ -80,6 +87,7 @@ VARIANTS = (
     "minimal fused",
     "minimal fused, norms",
     "hand",
+    "hand, called straight",
     "minimal hand",
 )
 Step = Callable[[], None]
@@ -189,9 +197,10 @@ class _Apply(nn.Module):
     def __init__(self, fn: Callable[..., Tensor], *params: Tensor) -> None:
         super().__init__()
         self.fn, self.params = fn, nn.ParameterList(params)
+        self.args = tuple(self.params)  # iterating a ParameterList costs a lookup by name per entry
 
     def forward(self, *inputs: Tensor) -> Tensor:
-        return self.fn(*inputs, *self.params)
+        return self.fn(*inputs, *self.args)
 
 
 def _minimal_hand(native: nn.Sequential) -> nn.Sequential:
@@ -202,6 +211,23 @@ def _minimal_hand(native: nn.Sequential) -> nn.Sequential:
         else:
             layers.append(_Apply(MinimalReLU.apply))
     return nn.Sequential(*layers)
+
+
+def _straight_hand(native: nn.Sequential) -> tuple[nn.Sequential, Callable[[Tensor, Tensor], Tensor]]:
+    linear, act = Linear.eager_twin, Elementwise.eager_twin
+    relu = ACTIVATIONS["relu"]
+    layers: list[nn.Module] = []
+    for m in native:
+        if isinstance(m, nn.Linear):
+            layers.append(_Apply(linear.apply, copy.deepcopy(m.weight), copy.deepcopy(m.bias)))
+        else:
+            layers.append(_Apply(lambda z: act.apply(z, relu, ())))
+    loss = CrossEntropyIndices.eager_twin
+
+    def cross_entropy(x: Tensor, y: Tensor) -> Tensor:
+        return loss.apply(x, y, "mean", -100)[0]
+
+    return nn.Sequential(*layers), cross_entropy
 
 
 def build(variant: str, native: nn.Sequential) -> tuple[nn.Module, Callable[[Tensor, Tensor], Tensor]]:
@@ -217,6 +243,8 @@ def build(variant: str, native: nn.Sequential) -> tuple[nn.Module, Callable[[Ten
         return _Apply(fn.apply, *params), nn.CrossEntropyLoss()
     if variant == "hand":
         return build_hand(native), mnn.CrossEntropyLoss()
+    if variant == "hand, called straight":
+        return _straight_hand(native)
     if variant == "minimal hand":
         return _minimal_hand(native), MinimalCrossEntropy.apply
     raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
