@@ -197,7 +197,7 @@ class DenseSamples(Samples):
         if out is None:  # a tensor of its own (no view of another), so that it can be written again
             out = torch.empty((n, *self.shape), dtype=delta.dtype, device=delta.device)
         # b_n = δ_nᵀ U_n: grad_weight per sample
-        grad_weight(delta, outer_rows(*self.factors), out.view(n, delta.shape[-1], -1))
+        grad_weight(delta, outer_rows(*self.factors), out.view(n, delta.shape[-1], math.prod(self.shape[1:])))
         return out
 
     def _gram_is_cheaper(self) -> bool:
@@ -237,7 +237,7 @@ class DenseSamples(Samples):
         factors = tuple(torch.cat(fs, 1) for fs in zip(*(p.factors for p in parts), strict=True))
         n, t = delta.shape[:2]
         flat = tuple(f.reshape(n * t, f.shape[-1]) for f in factors)
-        return DenseSamples(Rows(delta.reshape(n * t, -1), n, t, owned=True), flat, parts[0].shape)
+        return DenseSamples(Rows(delta.reshape(n * t, delta.shape[-1]), n, t, owned=True), flat, parts[0].shape)
 
 
 class GivenSamples(Samples):

@@ -357,14 +357,27 @@ def test_existing_grad_accumulates(kind: str) -> None:
         assert_ref(p.grad, q.grad * scale + 1)
 
 
-def test_empty_batch() -> None:
-    """An empty batch (a valid step under Poisson sampling): zero gradients, no norms."""
-    mg, _ = mlp()
-    with manualgrad.clip_per_sample(mg, 1.0, loss_reduction="sum") as clip:
-        F.cross_entropy(mg(torch.randn(0, 6, dtype=DT)), torch.zeros(0, dtype=torch.long), reduction="sum").backward()
-    assert clip.norms.shape == (0,)
+EMPTY_CASES = [c for c in CASES if c.id in {"mlp-tanh", "hand-relu", "bilinear", "tied", "prelu-channels", "hand-seq3"}]
+
+
+@pytest.mark.parametrize("kind", ["per_sample", "clip_per_sample"])
+@pytest.mark.parametrize("case", EMPTY_CASES, ids=lambda c: c.id)
+def test_empty_batch(case: Case, kind: str) -> None:
+    """An empty batch (a valid step under Poisson sampling): zero gradients, no norms, no samples."""
+    mg, _ = case.build()
+    x, y = batch(case, n=0)
+    ctx = (
+        manualgrad.per_sample(mg, "grad_sample", loss_reduction="sum")
+        if kind == "per_sample"
+        else manualgrad.clip_per_sample(mg, 1.0, loss_reduction="sum")
+    )
+    with ctx:
+        LOSSES[case.loss](mg(x), y, reduction="sum").backward()
+    assert ctx.norms.shape == (0,)
     for p in mg.parameters():
         assert p.grad is not None and not p.grad.any()
+        if kind == "per_sample":
+            assert p.grad_sample.shape == (0, *p.shape)
 
 
 def test_float32_big_batch_clip() -> None:
