@@ -109,16 +109,7 @@ class MinimalMLP(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
-        x, *rest = ctx.saved_tensors
-        n = (len(rest) + 1) // 2
-        weights, hidden = rest[:n], rest[n:]
-        grads: list[Tensor | None] = [None] * (2 * n)
-        for i in range(n - 1, -1, -1):
-            h = x if i == 0 else hidden[i - 1]
-            grads[2 * i], grads[2 * i + 1] = grad_weight(g, h), grad_bias(g)
-            if i > 0:
-                g = _relu_grad(grad_input(g, weights[i]), hidden[i - 1])
-        return (None, *grads)
+        return _mlp_backward(ctx, g, norms=False)
 
 
 class MinimalMLPNorms(MinimalMLP):
@@ -128,21 +119,30 @@ class MinimalMLPNorms(MinimalMLP):
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
-        x, *rest = ctx.saved_tensors
-        n = (len(rest) + 1) // 2
-        weights, hidden = rest[:n], rest[n:]
-        grads: list[Tensor | None] = [None] * (2 * n)
+        return _mlp_backward(ctx, g, norms=True)
+
+
+def _mlp_backward(ctx: Any, g: Tensor, norms: bool) -> tuple[Tensor | None, ...]:
+    """The minimal MLP's backward; with ``norms``, each sample's gradient norm too (unscaled)."""
+    x, *rest = ctx.saved_tensors
+    n = (len(rest) + 1) // 2
+    weights, hidden = rest[:n], rest[n:]
+    grads: list[Tensor | None] = [None] * (2 * n)
+    d = u = None
+    if norms:
         d, u = g.new_empty(n, g.shape[0]), g.new_empty(n, g.shape[0])
-        for i in range(n - 1, -1, -1):
-            h = x if i == 0 else hidden[i - 1]
+    for i in range(n - 1, -1, -1):
+        h = x if i == 0 else hidden[i - 1]
+        if d is not None and u is not None:
             torch.linalg.vector_norm(g, dim=1, out=d[i])  # ‖δ_n‖
             torch.linalg.vector_norm(h, dim=1, out=u[i])  # ‖x_n‖
-            grads[2 * i], grads[2 * i + 1] = grad_weight(g, h), grad_bias(g)
-            if i > 0:
-                g = _relu_grad(grad_input(g, weights[i]), hidden[i - 1])
-        # ‖g_n‖ = sqrt(Σ_l ‖δ_n‖² (‖x_n‖² + 1)), unscaled
+        grads[2 * i], grads[2 * i + 1] = grad_weight(g, h), grad_bias(g)
+        if i > 0:
+            g = _relu_grad(grad_input(g, weights[i]), hidden[i - 1])
+    if d is not None and u is not None:
+        # ‖g_n‖ = sqrt(Σ_l ‖δ_n‖² (‖x_n‖² + 1))
         MinimalMLPNorms.norms = u.square_().add_(1.0).mul_(d.square_()).sum(0).sqrt_()
-        return (None, *grads)
+    return (None, *grads)
 
 
 class MinimalLinear(torch.autograd.Function):
