@@ -560,8 +560,8 @@ class _Context:
             )
         if len(lead) == 0:
             raise RuntimeError(
-                f"{self.fname}(): expected every layer input to have a batch dimension (dim 0), but got one of "
-                "shape [] features (an unbatched sample)"
+                f"{self.fname}(): expected every layer input to have a batch dimension (dim 0), but got an input "
+                "with its feature dim only (one unbatched sample, shape [features])"
             )
         n, t = lead[0], math.prod(lead[1:])
         if self._n is None:

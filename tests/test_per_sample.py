@@ -555,7 +555,8 @@ BACKWARD_ERRORS = [
     ),
     pytest.param(
         lambda: (mnn.Linear(6, 3).to(DT), torch.randn(6, dtype=DT), lambda out: out.sum().backward()),
-        r"expected every layer input to have a batch dimension \(dim 0\)",
+        r"expected every layer input to have a batch dimension \(dim 0\), but got an input with its feature dim "
+        r"only \(one unbatched sample, shape \[features\]\)",
         id="unbatched",
     ),
 ]
