@@ -126,16 +126,13 @@ class Activation:
           and in-place ops that a graph or a transform could not take), else ``grad`` itself (also
           for double backward, vmap, forward AD and inside ``torch.compile``).
         """
-        eager = self.grad
-        if plain_first_order(g, saved):
-            if overwrite and self.grad_ is not None:
-                eager = self.grad_
-            elif self.grad_plain is not None:
-                eager = self.grad_plain
+        if not plain_first_order(g, saved):  # a graph, a transform or TorchDynamo: the formula itself
+            return self.grad(g, saved, *params)
+        eager = self.grad_ if overwrite and self.grad_ is not None else (self.grad_plain or self.grad)
         min_numel = FUSION.min_numel if self.grad_ is None else FUSION.min_numel_simple
         if min_numel is not None and g.numel() >= min_numel and g.shape == saved.shape and g.dtype == saved.dtype:
             calls = FUSION.sample()
-            if calls and FUSION.usable(g, saved):
+            if calls and FUSION.fits(g, saved):
                 key, formula = (self.name, params, overwrite), self._formula(params, overwrite)
                 # what a kernel saves: half of a one- or two-kernel formula, most of a dozen-step one
                 gain = 0.5 if self.grad_ is not None else 0.8

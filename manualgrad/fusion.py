@@ -80,9 +80,13 @@ class _Fusion:
 
     def usable(self, *tensors: Tensor) -> bool:
         """Whether a fused kernel may replace the eager formula on these inputs, here and now."""
+        return plain_first_order(*tensors) and self.fits(*tensors)
+
+    def fits(self, *tensors: Tensor) -> bool:
+        """:meth:`usable`, for a caller that has found its inputs in plain first order already
+        (:func:`plain_first_order`): fusion on and working, contiguous CPU tensors, no autocast."""
         return (
             self.enabled
-            and plain_first_order(*tensors)
             and not self.broken
             and not self._tracing
             and tensors[0].device.type == "cpu"

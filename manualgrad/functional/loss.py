@@ -766,7 +766,7 @@ class CrossEntropyIndices(ManualFunction):
             if logp.device.type == "cpu" and plain_first_order(grad_loss):
                 red, ignore_index = ctx.red, ctx.ignore_index
                 calls = FUSION.sample()  # one compiled kernel once it pays, the lean ops until then
-                if calls and FUSION.usable(grad_loss, logp, target):
+                if calls and FUSION.fits(grad_loss, logp, target):
 
                     def formula(grad_loss: Tensor, logp: Tensor, target: Tensor) -> Tensor:
                         return _index_grad(grad_loss, logp.exp(), target, red, ignore_index)
