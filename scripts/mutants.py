@@ -158,14 +158,6 @@ MUTANTS: tuple[Mutant, ...] = (
         COMPILED,
     ),
     m(
-        "compiled-dense-forward",
-        DENSE_PY,
-        "return _forward(x, plan, tuple(next(it) if h else None for h in has))",
-        "return tuple(t * 1.001 for t in _forward(x, plan, tuple(next(it) if h else None for h in has)))",
-        "compiled dense forward only",
-        COMPILED,
-    ),
-    m(
         "bf16-save-hidden",
         DENSE_PY,
         "hidden = [h.to(save_dtype) for h in hidden]",
