@@ -47,7 +47,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import manualgrad
-from benchmarks.bench import LR, MOMENTUM, build_native
+from benchmarks.bench import LR, MOMENTUM, build_hand, build_native
 from benchmarks.floor import interleave
 
 __all__ = ["MODES", "load_revision", "main", "make_step"]
@@ -81,15 +81,7 @@ def make_step(pkg: Any, mode: str, native: nn.Sequential, x: Tensor, y: Tensor, 
     if mnn is None:
         model, criterion = copy.deepcopy(native), nn.CrossEntropyLoss()
     elif mode == "hand":
-        layers: list[nn.Module] = []
-        for m in native:
-            if isinstance(m, nn.Linear):
-                twin = mnn.Linear(m.in_features, m.out_features)
-                twin.load_state_dict(m.state_dict())
-                layers.append(twin)
-            else:
-                layers.append(getattr(mnn, type(m).__name__)())
-        model = nn.Sequential(*layers)
+        model = build_hand(native, mnn)
         criterion = mnn.CrossEntropyLoss() if loss == "mnn" else nn.CrossEntropyLoss()
     else:
         model = pkg.convert(copy.deepcopy(native))

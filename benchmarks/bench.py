@@ -175,16 +175,17 @@ def build_native(
     return nn.Sequential(*layers)
 
 
-def build_hand(native: nn.Sequential) -> nn.Sequential:
-    """``native`` composed by hand from ``mnn`` layers: a plain ``nn.Sequential`` (no fusion), the same weights."""
+def build_hand(native: nn.Sequential, layers_from: Any = mnn) -> nn.Sequential:
+    """``native`` composed by hand from ``mnn`` layers: a plain ``nn.Sequential`` (no fusion), the same
+    weights (``layers_from``: the ``manualgrad.nn`` to take them from, e.g. another build's)."""
     layers: list[nn.Module] = []
     for m in native:
         if isinstance(m, nn.Linear):
-            twin = mnn.Linear(m.in_features, m.out_features, m.bias is not None, device=m.weight.device)
+            twin = layers_from.Linear(m.in_features, m.out_features, m.bias is not None, device=m.weight.device)
             twin.load_state_dict(m.state_dict())
             layers.append(twin)
         else:
-            layers.append(getattr(mnn, type(m).__name__)())
+            layers.append(getattr(layers_from, type(m).__name__)())
     return nn.Sequential(*layers)
 
 

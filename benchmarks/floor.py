@@ -203,31 +203,31 @@ class _Apply(nn.Module):
         return self.fn(*inputs, *self.args)
 
 
-def _minimal_hand(native: nn.Sequential) -> nn.Sequential:
+def _per_layer(native: nn.Sequential, linear: Callable[..., Tensor], relu: Callable[[Tensor], Tensor]) -> nn.Sequential:
+    """``native``'s layers as ``_Apply`` modules: ``linear(x, w, b)`` on copies of each Linear's
+    parameters, ``relu(z)`` for each ReLU."""
     layers: list[nn.Module] = []
     for m in native:
         if isinstance(m, nn.Linear):
-            layers.append(_Apply(MinimalLinear.apply, copy.deepcopy(m.weight), copy.deepcopy(m.bias)))
+            layers.append(_Apply(linear, copy.deepcopy(m.weight), copy.deepcopy(m.bias)))
         else:
-            layers.append(_Apply(MinimalReLU.apply))
+            layers.append(_Apply(relu))
     return nn.Sequential(*layers)
 
 
+def _minimal_hand(native: nn.Sequential) -> nn.Sequential:
+    return _per_layer(native, MinimalLinear.apply, MinimalReLU.apply)
+
+
 def _straight_hand(native: nn.Sequential) -> tuple[nn.Sequential, Callable[[Tensor, Tensor], Tensor]]:
-    linear, act = Linear.eager_twin, Elementwise.eager_twin
-    relu = ACTIVATIONS["relu"]
-    layers: list[nn.Module] = []
-    for m in native:
-        if isinstance(m, nn.Linear):
-            layers.append(_Apply(linear.apply, copy.deepcopy(m.weight), copy.deepcopy(m.bias)))
-        else:
-            layers.append(_Apply(lambda z: act.apply(z, relu, ())))
+    act, relu = Elementwise.eager_twin, ACTIVATIONS["relu"]
+    model = _per_layer(native, Linear.eager_twin.apply, lambda z: act.apply(z, relu, ()))
     loss = CrossEntropyIndices.eager_twin
 
     def cross_entropy(x: Tensor, y: Tensor) -> Tensor:
         return loss.apply(x, y, "mean", -100)[0]
 
-    return nn.Sequential(*layers), cross_entropy
+    return model, cross_entropy
 
 
 def build(variant: str, native: nn.Sequential) -> tuple[nn.Module, Callable[[Tensor, Tensor], Tensor]]:
