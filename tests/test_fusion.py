@@ -58,6 +58,14 @@ def _inductor_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "torch._inductor.compile_fx", None)  # `import` raises ImportError
 
 
+def _fresh_account(monkeypatch: pytest.MonkeyPatch, compile_seconds: float) -> None:
+    """FUSION as in a new process (no kernel, no eager seconds spent, no compile done), a compile
+    costing ``compile_seconds``; undone after the test."""
+    fresh = {"_kernels": {}, "_eager_seconds": {}, "_compiles": [], "compile_seconds": compile_seconds}
+    for name, value in fresh.items():
+        monkeypatch.setattr(FUSION, name, value)
+
+
 COMPILER_FAILURES = [
     # (what breaks, the warning it gives)
     pytest.param(_compile_fx_raises, r"no C\+\+ compiler", id="no-cxx-compiler"),
@@ -112,8 +120,7 @@ def test_a_shape_compiles_only_once_it_has_paid(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(fusion.time, "perf_counter", lambda: clock[0])
     monkeypatch.setattr(FUSION, "_compile", fake_compile)
-    for name, value in (("_kernels", {}), ("_eager_seconds", {}), ("_compiles", []), ("compile_seconds", 1.0)):
-        monkeypatch.setattr(FUSION, name, value)
+    _fresh_account(monkeypatch, compile_seconds=1.0)
     monkeypatch.setattr(FUSION, "patience", 1.0)
     a, b = torch.randn(4, 3), torch.randn(4, 3)
     for calls in range(1, 3):  # 0.5 × 0 s, then 0.5 × 1 s: less than the 1 s a compile costs
@@ -162,8 +169,7 @@ def test_a_sampled_call_counts_for_the_calls_it_stands_for(monkeypatch: pytest.M
 
     monkeypatch.setattr(fusion.time, "perf_counter", lambda: clock[0])
     monkeypatch.setattr(FUSION, "_compile", lambda formula, example: formula)
-    for name, value in (("_kernels", {}), ("_eager_seconds", {}), ("_compiles", []), ("compile_seconds", 4.0)):
-        monkeypatch.setattr(FUSION, name, value)
+    _fresh_account(monkeypatch, compile_seconds=4.0)
     monkeypatch.setattr(FUSION, "patience", 1.0)
     a, b = torch.randn(4, 3), torch.randn(4, 3)
     FUSION.run(("k",), _official, a, b, gain=0.5, eager=eager, calls=8)  # 1 s eager, counted as 8 s
@@ -186,8 +192,7 @@ def test_a_repeating_shape_still_compiles_when_calls_are_sampled(monkeypatch: py
         return kernel
 
     monkeypatch.setattr(FUSION, "_compile", fake_compile)
-    for name, value in (("_kernels", {}), ("_eager_seconds", {}), ("_compiles", []), ("compile_seconds", 1e-5)):
-        monkeypatch.setattr(FUSION, name, value)
+    _fresh_account(monkeypatch, compile_seconds=1e-5)
     monkeypatch.setattr(FUSION, "min_numel", 0)
     monkeypatch.setattr(FUSION, "_rng", random.Random(0))
     net = mnn.MLP(8, [16], 4)
@@ -204,8 +209,7 @@ def test_a_repeating_shape_still_compiles_when_calls_are_sampled(monkeypatch: py
 
 def test_new_batch_sizes_compile_nothing_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     """A training step at a new batch size each time (Poisson sampling) runs the eager formulas."""
-    for name, value in (("_kernels", {}), ("_eager_seconds", {}), ("_compiles", []), ("compile_seconds", 2.0)):
-        monkeypatch.setattr(FUSION, name, value)
+    _fresh_account(monkeypatch, compile_seconds=2.0)
     torch.manual_seed(0)
     net = mnn.MLP(64, [128, 128], 10, activation="gelu")
     ref = torch.nn.Sequential(*(m for m in copy_native(net)))
