@@ -147,20 +147,15 @@ def call_backward_straight(fn: type[torch.autograd.Function]) -> None:
 
     torch's node (``BackwardCFunction.apply``) looks up, on every call, whether the Function defines
     ``vjp`` instead of ``backward`` and whether it takes its gradients boxed; for these Functions the
-    answers never change (``backward``, unboxed), so the node's ``apply`` calls ``backward`` itself:
-    about 1.5 points of the small MLP's hand-composed step (``python -m benchmarks.ab``). Where this
-    torch has no node class (``_backward_cls``), or ``fn`` defines ``vjp`` or boxed gradients, the
-    node stays torch's.
+    answers never change (``backward``, unboxed), so the node's ``apply`` is ``backward`` itself (the
+    engine calls ``node.apply(*grads)``, and the node is the ``ctx``): about 1.5 points of the small
+    MLP's hand-composed step (``python -m benchmarks.ab``). Where this torch has no node class
+    (``_backward_cls``), or ``fn`` defines ``vjp`` or boxed gradients, the node stays torch's.
     """
     node = getattr(fn, "_backward_cls", None)
     if node is None or getattr(fn, "boxed_grads_call", False) or fn.vjp is not torch.autograd.Function.vjp:
         return
-    backward = fn.backward
-
-    def apply(ctx: Any, *grads: Any) -> Any:
-        return backward(ctx, *grads)
-
-    node.apply = apply
+    node.apply = fn.backward  # a plain function on the node class: called as a method, ctx = the node
 
 
 # torch._C._nn: torch's loss kernels, called as torch.nn.functional does. Without it the same

@@ -207,7 +207,7 @@ def plain_first_order(*tensors: Tensor) -> bool:
         not torch.compiler.is_compiling()
         and not torch.is_grad_enabled()
         and _functorch_level() is None
-        and not any(_is_legacy_batched(t) for t in tensors)
+        and not any(map(_is_legacy_batched, tensors))
     )
 
 

@@ -101,6 +101,14 @@ MUTANTS: tuple[Mutant, ...] = (
         REF,
     ),
     m(
+        "linear-autocast-weight",
+        DENSE_PY,
+        "if x.dim() != 2 or x.dtype is not delta.dtype or weight.dtype is not delta.dtype:",
+        "if x.dim() != 2 or x.dtype is not delta.dtype:",
+        "Linear's backward under autocast: a float32 weight with a bf16 input",
+        "tests/test_amp.py",
+    ),
+    m(
         "linear-tangent",
         DENSE_PY,
         "return dz.reshape(*x.shape[:-1], weight.shape[0])",

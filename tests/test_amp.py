@@ -11,12 +11,18 @@ import manualgrad.nn as mnn
 from manualgrad.activations import ACTIVATIONS
 
 
-def _pair(make_native) -> tuple[nn.Module, nn.Module]:
+def _pair(make_native, hand: bool = False) -> tuple[nn.Module, nn.Module]:
+    """A native model and its manualgrad twin: converted, or (``hand``) composed of ``mnn`` layers
+    one by one, so that each layer is its own Function (the second Linear then gets a bf16 input
+    and a float32 weight)."""
     torch.manual_seed(0)
     ref = make_native()
     import copy
 
-    return ref, manualgrad.convert(copy.deepcopy(ref))
+    if not hand:
+        return ref, manualgrad.convert(copy.deepcopy(ref))
+    layers = [manualgrad.convert(copy.deepcopy(m)) for m in ref]
+    return ref, nn.Sequential(*layers)
 
 
 MODELS = {
@@ -25,12 +31,13 @@ MODELS = {
     "mlp-relu": lambda: nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)),
     "mlp-gelu": lambda: nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4)),
     "bilinear": lambda: nn.Bilinear(8, 8, 4),
+    "hand-mlp-relu": lambda: nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)),
 }
 
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_bf16_autocast_dtypes_match_native(name: str) -> None:
-    ref, mine = _pair(MODELS[name])
+    ref, mine = _pair(MODELS[name], hand=name.startswith("hand"))
     x = torch.randn(2, 3, 8) if name.endswith("3d") else torch.randn(5, 8)
     args = (x, x) if name == "bilinear" else (x,)
     results = []

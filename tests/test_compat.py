@@ -133,7 +133,7 @@ FALLBACKS = {
     "_SingleLevelFunction": (
         "torch.autograd.function",
         "_SingleLevelFunction",
-        "assert _compat.CLASSIC_SETUP_CONTEXT is None and MF.DenseStack.eager_twin is MF.DenseStack",
+        "assert _compat.CLASSIC_SETUP_CONTEXT is None and MF.DenseStack.eager_twin is MF.DenseStack.forward_ad_twin",
     ),
     "torch._C._nn": ("torch._C", "_nn", "assert _compat.nn_kernels is torch.ops.aten"),
     "_current_graph_task_id": ("torch._C", "_current_graph_task_id", "assert _compat.graph_task_id() == -1"),

@@ -51,12 +51,15 @@ class ManualFunction(torch.autograd.Function):
 
     * the class itself, while a functorch transform (``vmap``, ``grad``, ...) or TorchDynamo
       is at work (``generate_vmap_rule = True``);
-    * ``forward_ad_twin``, which adds ``jvp = tangent``, while a forward-AD level is active
-      (TorchDynamo cannot trace a Function that defines ``jvp``, so only this twin has it);
-    * ``eager_twin`` otherwise: the same forward, setup_context and backward in the classic
-      ``forward(ctx, ...)`` form, which spares ``apply`` the per-call binding of ``forward``'s
-      signature that the setup_context form costs (about 20 µs a call on a laptop-class CPU); the
-      class itself where this torch offers no classic form (:mod:`manualgrad._compat`).
+    * ``forward_ad_twin``, which adds ``jvp = tangent``, while a transform works with forward AD
+      too (``torch.func.jvp``; TorchDynamo cannot trace a Function that defines ``jvp``, so the
+      class itself has none);
+    * ``eager_twin`` otherwise: the same forward, setup_context, backward and ``jvp`` in the
+      classic ``forward(ctx, ...)`` form, which spares ``apply`` the per-call binding of
+      ``forward``'s signature that the setup_context form costs (about 20 µs a call on a
+      laptop-class CPU); ``forward_ad_twin`` where this torch offers no classic form
+      (:mod:`manualgrad._compat`). Since it has ``jvp``, plain forward AD (``fwAD.dual_level``)
+      runs it too, and the common call checks for a transform or TorchDynamo only.
 
     All three have the same name, so the backward graph shows e.g. ``DenseStackBackward``.
     """
@@ -72,7 +75,7 @@ class ManualFunction(torch.autograd.Function):
         common = {"__module__": cls.__module__, "_twin": True}
         cls.forward_ad_twin = type(cls.__name__, (cls,), {"jvp": staticmethod(cls.tangent), **common})
         if CLASSIC_SETUP_CONTEXT is None:  # this torch has no classic form we can reach: no eager twin
-            cls.eager_twin = cls
+            cls.eager_twin = cls.forward_ad_twin
             return
         forward, setup_context = cls.forward, cls.setup_context
 
@@ -87,6 +90,7 @@ class ManualFunction(torch.autograd.Function):
             {
                 "forward": staticmethod(classic_forward),
                 "setup_context": CLASSIC_SETUP_CONTEXT,
+                "jvp": staticmethod(cls.tangent),
                 "generate_vmap_rule": False,
                 **common,
             },
@@ -100,10 +104,8 @@ class ManualFunction(torch.autograd.Function):
     @classmethod
     def call(cls, *args: Any) -> Any:
         """``apply`` through the class that fits the current transforms (see the class docstring)."""
-        if forward_ad_enabled():
-            return cls.forward_ad_twin.apply(*args)
         if torch.compiler.is_compiling() or _functorch_level() is not None:
-            return cls.apply(*args)
+            return (cls.forward_ad_twin if forward_ad_enabled() else cls).apply(*args)
         return cls.eager_twin.apply(*args)
 
 

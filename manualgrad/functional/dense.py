@@ -116,9 +116,7 @@ class Linear(ManualFunction):
     is just ``grad_input = δW``, ``grad_weight = δᵀX``, ``grad_bias = Σδ``.
     """
 
-    @staticmethod
-    def forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return linear_forward(x, weight, bias)
+    forward = staticmethod(linear_forward)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
@@ -131,15 +129,18 @@ class Linear(ManualFunction):
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         x, weight = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        delta = rows(grad_output)  # δ = dC/dz, one row per sample
-        gx = grad_input(delta, in_dtype(weight, delta.dtype)) if needs[0] else None
+        delta, h = grad_output, x  # δ = dC/dz and the layer's input, one row per sample
+        if x.dim() != 2 or x.dtype is not delta.dtype or weight.dtype is not delta.dtype:
+            # leading dims folded into rows; under autocast, the saved tensors in δ's dtype
+            delta, h, weight = rows(delta), in_dtype(rows(x), delta.dtype), in_dtype(weight, delta.dtype)
+        gx = grad_input(delta, weight) if needs[0] else None
         if gx is not None and x.dim() != 2:
             gx = gx.reshape(x.shape)
         if TAP.active is not None:  # per-sample terms: the context forms p.grad
             bias_at = 2 if len(ctx.next_functions) == 3 else None  # autograd's edges: the tensor inputs
-            TAP.active.dense(ctx, 1, bias_at, delta, (in_dtype(rows(x), delta.dtype),), x.shape[:-1])
+            TAP.active.dense(ctx, 1, bias_at, delta, (h,), x.shape[:-1])
             return gx, None, None
-        gw = grad_weight(delta, in_dtype(rows(x), delta.dtype)) if needs[1] else None
+        gw = grad_weight(delta, h) if needs[1] else None
         gb = grad_bias(delta) if needs[2] else None
         return gx, gw, gb
 
@@ -470,7 +471,9 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
                 [2., 2., 2.],
                 [2., 2., 2.]])
     """
-    _check_linear("linear", input, weight, bias)
+    shape = input.shape
+    if not _fits(shape[-1] if shape else -1, input.dtype, input.device, weight, bias):
+        _check_linear("linear", input, weight, bias)  # names what is wrong
     return Linear.call(input, weight, bias)
 
 
