@@ -13,38 +13,50 @@ module's own ``datasets["train"]``), shuffled per epoch::
     for x, y in batches:
         opt.zero_grad(); loss = loss_fn(net(aug(x)), y); loss.backward(); opt.step(); sched.step()
 
-The order is ABBA (B0 A0 A1 B1 B2 A2 A3 B3 ...), so a slow drift of the shared machine's speed
-affects both sides alike; pair ``i`` is (A_i, B_i).
+Two ways to alternate them (``--interleave``):
+
+* ``step`` (the default, :class:`StepInterleave`): one bare step runs after each of the app's
+  steps, in the app's ``on_train_batch_end`` (A B A B ... within every epoch). Each pair is a few
+  milliseconds long, so this VM's drifting speed (two bare epochs in a row differ by up to 15 %)
+  meets both sides alike. Reported per epoch: the median app and bare step, the median of the
+  per-step ratios, and both epochs' seconds: the app's epoch is its wall time less the bare steps
+  run inside it and the validation loop (so its epoch-level work, the hooks and the checkpoint,
+  counts), the bare epoch the sum of its steps. The figure: the median step ratio over the measured
+  epochs, and their summed epoch ratio;
+* ``epoch`` (:class:`Interleave`): whole epochs in ABBA order (B0 A0 A1 B1 B2 A2 A3 B3 ...), so a
+  slow drift of the machine's speed affects both sides alike; pair ``i`` is (A_i, B_i), the ratio
+  the median of the per-pair ratios A_i / B_i (the table also gives process CPU times).
 
 What an app epoch counts: wall time from its ``on_train_epoch_start`` to the next epoch's (or
 ``on_train_end``): training batches, logging, metrics, progress bar, reseeding, augmentation, the
 data loader, epoch-end hooks and checkpointing, **minus** the validation loop, which is timed
-(``on_validation_start`` to ``on_validation_end``) and reported separately. The bare loop does no
-validation.
+(``on_validation_start`` to ``on_validation_end``) and reported separately (and, with ``step``,
+minus the bare steps run inside it). The bare loop does no validation.
 
 Warm-up: manualgrad compiles one kernel per shape (process-wide cache), so the first ``--warmup``
-pairs (default 1: both sides see the full and the last, short batch shape, and the app its
-validation shapes) are reported separately and not counted. The ratio is the median of the
-per-pair ratios A_i / B_i; the table also gives the medians of A and B, and the same for the process
-CPU time (``time.process_time``), which a busy shared machine disturbs less than wall time.
+epochs (pairs; default 1: both sides see the full and the last, short batch shape, and the app its
+validation shapes) are reported separately and not counted.
 
 Usage::
 
-    python -m benchmarks.app_loop                       # configs/default.yaml, 1 warm-up + 3 pairs
+    python -m benchmarks.app_loop                       # configs/default.yaml, 1 warm-up + 3 epochs
     python -m benchmarks.app_loop --rounds 5 --limit-batches 100   # quicker, partial epochs
+    python -m benchmarks.app_loop --interleave epoch    # whole epochs, ABBA
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -56,7 +68,7 @@ from train.data import MNIST_MEAN, MNIST_STD, MNISTDataModule, random_shift
 from train.mnist import cli_main
 from train.model import MNISTClassifier, make_optimizer
 
-__all__ = ["BareLoop", "Interleave", "main", "run"]
+__all__ = ["BareLoop", "Interleave", "StepInterleave", "main", "run", "run_steps"]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 
@@ -89,28 +101,33 @@ class BareLoop:
         self.limit_batches = limit_batches
         self.generator = torch.Generator(device=self.device)
 
-    def epoch(self, epoch: int) -> tuple[float, float]:
-        """Train one epoch; return its wall and process CPU times in seconds."""
-        _sync(self.device)
-        t0, c0 = time.perf_counter(), time.process_time()
+    def batches(self, epoch: int) -> tuple[torch.Tensor, ...]:
+        """The sample indices of each batch of ``epoch`` (shuffled per epoch); reseeds the augmentation."""
         n = len(self.labels)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch)).to(self.device)
         self.generator.manual_seed((self.seed + epoch) * 1_000_003)
         batches = perm.split(self.batch_size)
-        if self.limit_batches is not None:
-            batches = batches[: self.limit_batches]
-        net, loss_fn, opt, sched = self.model, self.model.loss_fn, self.opt, self.sched
+        return batches if self.limit_batches is None else batches[: self.limit_batches]
+
+    def step(self, idx: torch.Tensor) -> None:
+        """One training step on the samples ``idx``: augment, forward, loss, backward, optimizer, scheduler."""
+        x, y = self.images[idx], self.labels[idx]
+        if self.shift > 0:
+            x = random_shift(x, self.shift, self.background, self.generator)
         with torch.enable_grad():
-            for idx in batches:
-                x, y = self.images[idx], self.labels[idx]
-                if self.shift > 0:
-                    x = random_shift(x, self.shift, self.background, self.generator)
-                opt.zero_grad()
-                loss = loss_fn(net(x), y)
-                loss.backward()
-                opt.step()
-                if sched is not None:
-                    sched.step()
+            self.opt.zero_grad()
+            loss = self.model.loss_fn(self.model(x), y)
+            loss.backward()
+            self.opt.step()
+        if self.sched is not None:
+            self.sched.step()
+
+    def epoch(self, epoch: int) -> tuple[float, float]:
+        """Train one epoch; return its wall and process CPU times in seconds."""
+        _sync(self.device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        for idx in self.batches(epoch):
+            self.step(idx)
         _sync(self.device)
         return time.perf_counter() - t0, time.process_time() - c0
 
@@ -210,15 +227,12 @@ class Result:
         return [a / b for a, b in zip(self.app_cpu[self.warmup :], self.bare_cpu[self.warmup :], strict=True)]
 
 
-def run(
-    config: Path = DEFAULT_CONFIG,
-    rounds: int = 3,
-    warmup: int = 1,
-    limit_batches: int | None = None,
-    extra_args: Sequence[str] = (),
-) -> Result:
-    """Build the app from ``config``, train ``warmup + rounds`` interleaved pairs, return the times."""
-    epochs = warmup + rounds
+@contextlib.contextmanager
+def _app(
+    config: Path, epochs: int, limit_batches: int | None, extra_args: Sequence[str]
+) -> Iterator[tuple[pl.Trainer, MNISTClassifier, MNISTDataModule, MNISTClassifier]]:
+    """The app as ``python -m train.mnist fit --config <config>`` builds it (logs and checkpoints in a
+    temporary folder, at least ``epochs`` epochs), and a fresh ``MNISTClassifier`` with its weights."""
     with tempfile.TemporaryDirectory(prefix="app_loop-") as tmp:
         args = [
             "--config",
@@ -240,11 +254,27 @@ def run(
         params = inspect.signature(MNISTClassifier).parameters
         bare_model = MNISTClassifier(**{k: v for k, v in model.hparams.items() if k in params})
         bare_model.load_state_dict(model.state_dict())
+        yield trainer, model, data, bare_model
+
+
+def _progress_bar(trainer: pl.Trainer) -> str:
+    bar = trainer.progress_bar_callback
+    return "none" if bar is None else f"{type(bar).__name__}(refresh_rate={getattr(bar, 'refresh_rate', '?')})"
+
+
+def run(
+    config: Path = DEFAULT_CONFIG,
+    rounds: int = 3,
+    warmup: int = 1,
+    limit_batches: int | None = None,
+    extra_args: Sequence[str] = (),
+) -> Result:
+    """Build the app from ``config``, train ``warmup + rounds`` interleaved pairs of epochs, return the times."""
+    epochs = warmup + rounds
+    with _app(config, epochs, limit_batches, extra_args) as (trainer, model, data, bare_model):
         timer = Interleave(bare_model, data, epochs, limit_batches)
         trainer.callbacks.append(timer)  # type: ignore[attr-defined]
         trainer.fit(model, datamodule=data)
-        bar = trainer.progress_bar_callback
-        bar_desc = "none" if bar is None else f"{type(bar).__name__}(refresh_rate={getattr(bar, 'refresh_rate', '?')})"
         return Result(
             app=timer.app,
             bare=timer.bare_times,
@@ -253,8 +283,175 @@ def run(
             val=timer.val,
             warmup=warmup,
             batches=int(trainer.num_training_batches),
-            progress_bar=bar_desc,
+            progress_bar=_progress_bar(trainer),
         )
+
+
+class StepInterleave(pl.Callback):
+    """Alternate the app's training steps with the bare loop's, one each (A B A B ...), timing both.
+
+    Bare step ``k`` of an epoch runs in the app's ``on_train_batch_end`` of its batch ``k`` (this
+    callback's; Lightning calls the checkpoint callback's after it). The app's step ``k`` is the wall
+    time from the end of bare step ``k − 1`` (the epoch's start for ``k = 0``) to the start of bare
+    step ``k``: all the trainer does for a batch (the hooks, the loop, fetching and moving the batch,
+    augmentation, reseeding, the training step, backward, optimizer and scheduler steps, the metrics
+    and logging). The app's epoch is its wall time from its start to the next epoch's (or the end of
+    training) less the bare steps run inside it and the validation loop: the epoch's own work too
+    (its hooks, the checkpoint, the epoch's logging). The bare epoch is the sum of its steps plus
+    drawing its batches. Steps a few milliseconds long alternate, so this VM's drifting speed (two
+    bare epochs in a row differ by up to 15 % here) meets both sides alike.
+    """
+
+    def __init__(self, model: MNISTClassifier, data: MNISTDataModule, epochs: int, limit: int | None) -> None:
+        self.model, self.data, self.epochs, self.limit = model, data, epochs, limit
+        self.bare: BareLoop | None = None
+        self.pairs: list[list[tuple[float, float]]] = []  # per epoch: (app step, bare step) seconds
+        self.app: list[float] = []  # per epoch, seconds
+        self.bare_times: list[float] = []
+        self.val: list[float] = []
+        self._batches: Iterator[torch.Tensor] = iter(())
+        self._epoch_t0: float | None = None
+        self._mark = 0.0  # the end of the last bare step (or the epoch's start)
+        self._in_bare = self._bare_sum = 0.0
+        self._val_t0 = 0.0
+        self._device = torch.device("cpu")
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.bare = BareLoop(self.model, self.data, int(trainer.estimated_stepping_batches), self.limit)
+        self._device = self.bare.device
+
+    def _close_epoch(self) -> None:
+        if self._epoch_t0 is None:
+            return
+        _sync(self._device)
+        wall = time.perf_counter() - self._epoch_t0
+        self.app.append(wall - self._in_bare - self.val[-1])
+        self.bare_times.append(self._bare_sum)
+        self._epoch_t0 = None
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._close_epoch()
+        assert self.bare is not None
+        _sync(self._device)
+        start = time.perf_counter()
+        self._batches = iter(self.bare.batches(trainer.current_epoch))
+        drawn = time.perf_counter() - start
+        self.pairs.append([])
+        self.val.append(0.0)
+        self._in_bare = self._bare_sum = drawn
+        self._epoch_t0 = start
+        self._mark = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        assert self.bare is not None
+        _sync(self._device)
+        start = time.perf_counter()
+        idx = next(self._batches, None)
+        if idx is not None:
+            self.bare.step(idx)
+            _sync(self._device)
+        end = time.perf_counter()
+        if idx is not None:
+            self.pairs[-1].append((start - self._mark, end - start))
+            self._bare_sum += end - start
+        self._in_bare += end - start
+        self._mark = end
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            _sync(self._device)
+            self._val_t0 = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and self._epoch_t0 is not None:
+            _sync(self._device)
+            self.val[-1] += time.perf_counter() - self._val_t0
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._close_epoch()
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """Per epoch (warm-up epochs first): the (app, bare) seconds of each step pair, both epochs'
+    seconds and the app's validation seconds."""
+
+    pairs: list[list[tuple[float, float]]]
+    app: list[float]
+    bare: list[float]
+    val: list[float]
+    warmup: int
+    batches: int
+    progress_bar: str
+
+    @property
+    def step_ratio(self) -> float:
+        """The median over the measured epochs' step pairs of app / bare."""
+        return statistics.median(a / b for epoch in self.pairs[self.warmup :] for a, b in epoch)
+
+    @property
+    def epoch_ratio(self) -> float:
+        """The measured epochs' app seconds over their bare seconds (everything per epoch included)."""
+        return sum(self.app[self.warmup :]) / sum(self.bare[self.warmup :])
+
+
+def run_steps(
+    config: Path = DEFAULT_CONFIG,
+    rounds: int = 3,
+    warmup: int = 1,
+    limit_batches: int | None = None,
+    extra_args: Sequence[str] = (),
+) -> StepResult:
+    """Build the app from ``config``, train ``warmup + rounds`` epochs with the bare loop's steps
+    alternating with the app's (:class:`StepInterleave`), return the times."""
+    epochs = warmup + rounds
+    with _app(config, epochs, limit_batches, extra_args) as (trainer, model, data, bare_model):
+        timer = StepInterleave(bare_model, data, epochs, limit_batches)
+        trainer.callbacks.append(timer)  # type: ignore[attr-defined]
+        trainer.fit(model, datamodule=data)
+        return StepResult(
+            pairs=timer.pairs,
+            app=timer.app,
+            bare=timer.bare_times,
+            val=timer.val,
+            warmup=warmup,
+            batches=int(trainer.num_training_batches),
+            progress_bar=_progress_bar(trainer),
+        )
+
+
+def format_step_table(result: StepResult) -> str:
+    """A markdown table per epoch: median step times, the median step ratio, the epochs' seconds and ratio."""
+    w = result.warmup
+    lines = [
+        "| epoch | app step (ms, median) | bare step (ms, median) | step app / bare (median of pairs) "
+        "| app epoch (s) | bare epoch (s) | epoch app / bare | app validation (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for i, (pairs, a, b, v) in enumerate(zip(result.pairs, result.app, result.bare, result.val, strict=True)):
+        label = f"{i} (warm-up)" if i < w else str(i)
+        app_ms = statistics.median(p[0] for p in pairs) * 1e3
+        bare_ms = statistics.median(p[1] for p in pairs) * 1e3
+        ratio = statistics.median(p[0] / p[1] for p in pairs)
+        lines.append(
+            f"| {label} | {app_ms:.2f} | {bare_ms:.2f} | {ratio:.3f} | {a:.2f} | {b:.2f} | {a / b:.3f} | {v:.2f} |"
+        )
+    if len(result.app) > w:
+        measured = [p for pairs in result.pairs[w:] for p in pairs]
+        app_ms = statistics.median(p[0] for p in measured) * 1e3
+        bare_ms = statistics.median(p[1] for p in measured) * 1e3
+        lines.append(
+            f"| **all measured** | **{app_ms:.2f}** | **{bare_ms:.2f}** | **{result.step_ratio:.3f}** "
+            f"| {sum(result.app[w:]):.2f} | {sum(result.bare[w:]):.2f} | **{result.epoch_ratio:.3f}** "
+            f"| {sum(result.val[w:]):.2f} |"
+        )
+    return "\n".join(lines)
 
 
 def format_table(result: Result) -> str:
@@ -287,18 +484,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", "--epochs", type=int, default=3, help="measured ABBA pairs of epochs")
     parser.add_argument("--warmup", type=int, default=1, help="warm-up pairs, reported but not counted")
     parser.add_argument("--limit-batches", type=int, default=None, help="training batches per epoch (default: all)")
+    parser.add_argument(
+        "--interleave",
+        choices=("step", "epoch"),
+        default="step",
+        help="alternate single steps (default) or whole epochs (ABBA) of the app and the bare loop",
+    )
     parser.add_argument("extra", nargs="*", help="extra LightningCLI arguments for the app (after --)")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.warmup < 0:
         parser.error("--rounds must be >= 1 and --warmup >= 0")
-    result = run(args.config, args.rounds, args.warmup, args.limit_batches, args.extra)
+    result: Result | StepResult
+    if args.interleave == "step":
+        result = run_steps(args.config, args.rounds, args.warmup, args.limit_batches, args.extra)
+        table, unit = format_step_table(result), "epochs, steps interleaved"
+    else:
+        result = run(args.config, args.rounds, args.warmup, args.limit_batches, args.extra)
+        table, unit = format_table(result), "epochs interleaved ABBA"
     print()
     print(
-        f"## App epoch vs bare loop: {args.config.name}, {result.batches} batches/epoch, "
+        f"## App vs bare loop ({unit}): {args.config.name}, {result.batches} batches/epoch, "
         f"{torch.get_num_threads()} threads, progress bar: {result.progress_bar}, "
         f"stdout {'is' if sys.stdout.isatty() else 'is not'} a terminal; validation excluded (last column)\n"
     )
-    print(format_table(result), flush=True)
+    print(table, flush=True)
 
 
 if __name__ == "__main__":

@@ -161,6 +161,34 @@ def test_logged_metrics(data_root: Path, tmp_path: Path) -> None:
     assert curve.history[1]["train_loss_epoch"] < curve.history[0]["train_loss_epoch"]
 
 
+def test_epoch_loss_and_accuracy_are_the_steps_weighted_means(data_root: Path, tmp_path: Path) -> None:
+    """``train_loss_epoch`` and ``train_acc`` are the epoch's row-weighted mean loss and accuracy: each
+    step's loss and logits are recorded as the step ran (a forward hook), the means formed here."""
+    pl.seed_everything(0)
+    model = MNISTClassifier(hidden_sizes=[16], dropout=0.0, lr=3e-3)
+    steps: list[tuple[float, int, int]] = []  # (loss, correct, rows)
+    logits: list[torch.Tensor] = []
+    model.net.register_forward_hook(lambda m, args, out: logits.append(out.detach()))
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
+            y = batch[1]
+            steps.append((float(outputs["loss"]), int((logits[-1].argmax(1) == y).sum()), len(y)))
+
+    dm = MNISTDataModule(data_dir=str(data_root), batch_size=100, poisson_sampling=True)  # batches of 70–130 rows
+    run: dict[str, Any] = dict(max_epochs=2, limit_train_batches=3, limit_val_batches=0)
+    trainer = _trainer(tmp_path, callbacks=[Record()], **run)
+    trainer.fit(model, datamodule=dm)
+    last = steps[3:]  # the second epoch's steps
+    assert len({n for _, _, n in last}) > 1  # the weighting matters
+    rows = sum(n for _, _, n in last)
+    expected_loss = sum(loss * n for loss, _, n in last) / rows
+    expected_acc = sum(c for _, c, _ in last) / rows
+    metrics = trainer.callback_metrics
+    assert float(metrics["train_loss_epoch"]) == pytest.approx(expected_loss, rel=1e-5)
+    assert float(metrics["train_acc"]) == pytest.approx(expected_acc, rel=1e-6)
+
+
 def _final_val_acc(log_dir: Path) -> float:
     with open(next(log_dir.rglob("metrics.csv"))) as f:
         rows = list(csv.DictReader(f))
