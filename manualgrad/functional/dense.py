@@ -419,10 +419,9 @@ def _fits(features: int, dtype: torch.dtype, device: torch.device, weight: Tenso
 def _check_linear(
     fname: str, input: Tensor, weight: Tensor, bias: Tensor | None, shape: torch.Size | None = None
 ) -> None:
-    """Torch-style errors for a Linear layer; ``shape`` is the layer's input shape inside a stack."""
+    """Torch-style errors for a Linear layer where :func:`_fits` found it outside the common case (an
+    error, or autocast's dtypes); ``shape`` is the layer's input shape inside a stack."""
     shape = input.shape if shape is None else shape
-    if _fits(shape[-1] if shape else -1, input.dtype, input.device, weight, bias):
-        return  # the detailed checks below name what is wrong
     if weight.dim() != 2:
         raise RuntimeError(
             f"{fname}(): expected weight to be 2-D (out_features, in_features), but got weight of shape "
@@ -473,7 +472,7 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """
     shape = input.shape
     if not _fits(shape[-1] if shape else -1, input.dtype, input.device, weight, bias):
-        _check_linear("linear", input, weight, bias)  # names what is wrong
+        _check_linear("linear", input, weight, bias)
     return Linear.call(input, weight, bias)
 
 
