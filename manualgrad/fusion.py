@@ -89,7 +89,7 @@ class _Fusion:
             self.enabled
             and not self.broken
             and not self._tracing
-            and tensors[0].device.type == "cpu"
+            and tensors[0].is_cpu
             and not torch.is_autocast_enabled("cpu")
             and all(t.is_contiguous() for t in tensors)
         )

@@ -763,7 +763,7 @@ class CrossEntropyIndices(ManualFunction):
         if grad_logp is None:
             if grad_loss is None:
                 return None, None, None, None
-            if logp.device.type == "cpu" and plain_first_order(grad_loss):
+            if logp.is_cpu and plain_first_order(grad_loss):
                 red, ignore_index = ctx.red, ctx.ignore_index
                 calls = FUSION.sample()  # one compiled kernel once it pays, the lean ops until then
                 if calls and FUSION.fits(grad_loss, logp, target):
