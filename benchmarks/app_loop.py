@@ -47,16 +47,15 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import inspect
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lightning.pytorch as pl
 import torch
@@ -227,12 +226,20 @@ class Result:
         return [a / b for a, b in zip(self.app_cpu[self.warmup :], self.bare_cpu[self.warmup :], strict=True)]
 
 
-@contextlib.contextmanager
-def _app(
-    config: Path, epochs: int, limit_batches: int | None, extra_args: Sequence[str]
-) -> Iterator[tuple[pl.Trainer, MNISTClassifier, MNISTDataModule, MNISTClassifier]]:
-    """The app as ``python -m train.mnist fit --config <config>`` builds it (logs and checkpoints in a
-    temporary folder, at least ``epochs`` epochs), and a fresh ``MNISTClassifier`` with its weights."""
+Timer = TypeVar("Timer", bound=pl.Callback)
+
+
+def _fit(
+    timer_class: Callable[[MNISTClassifier, MNISTDataModule, int, int | None], Timer],
+    config: Path,
+    epochs: int,
+    limit_batches: int | None,
+    extra_args: Sequence[str],
+) -> tuple[Timer, int, str]:
+    """Build the app as ``python -m train.mnist fit --config <config>`` does (logs and checkpoints in a
+    temporary folder, at least ``epochs`` epochs), fit it with a ``timer_class`` callback driving a bare
+    loop on a fresh ``MNISTClassifier`` with the same weights; return the callback, the batches per
+    epoch and the progress bar's description."""
     with tempfile.TemporaryDirectory(prefix="app_loop-") as tmp:
         args = [
             "--config",
@@ -254,12 +261,12 @@ def _app(
         params = inspect.signature(MNISTClassifier).parameters
         bare_model = MNISTClassifier(**{k: v for k, v in model.hparams.items() if k in params})
         bare_model.load_state_dict(model.state_dict())
-        yield trainer, model, data, bare_model
-
-
-def _progress_bar(trainer: pl.Trainer) -> str:
-    bar = trainer.progress_bar_callback
-    return "none" if bar is None else f"{type(bar).__name__}(refresh_rate={getattr(bar, 'refresh_rate', '?')})"
+        timer = timer_class(bare_model, data, epochs, limit_batches)
+        trainer.callbacks.append(timer)  # type: ignore[attr-defined]
+        trainer.fit(model, datamodule=data)
+        bar = trainer.progress_bar_callback
+        bar_desc = "none" if bar is None else f"{type(bar).__name__}(refresh_rate={getattr(bar, 'refresh_rate', '?')})"
+        return timer, int(trainer.num_training_batches), bar_desc
 
 
 def run(
@@ -270,21 +277,17 @@ def run(
     extra_args: Sequence[str] = (),
 ) -> Result:
     """Build the app from ``config``, train ``warmup + rounds`` interleaved pairs of epochs, return the times."""
-    epochs = warmup + rounds
-    with _app(config, epochs, limit_batches, extra_args) as (trainer, model, data, bare_model):
-        timer = Interleave(bare_model, data, epochs, limit_batches)
-        trainer.callbacks.append(timer)  # type: ignore[attr-defined]
-        trainer.fit(model, datamodule=data)
-        return Result(
-            app=timer.app,
-            bare=timer.bare_times,
-            app_cpu=timer.app_cpu,
-            bare_cpu=timer.bare_cpu,
-            val=timer.val,
-            warmup=warmup,
-            batches=int(trainer.num_training_batches),
-            progress_bar=_progress_bar(trainer),
-        )
+    timer, batches, bar = _fit(Interleave, config, warmup + rounds, limit_batches, extra_args)
+    return Result(
+        app=timer.app,
+        bare=timer.bare_times,
+        app_cpu=timer.app_cpu,
+        bare_cpu=timer.bare_cpu,
+        val=timer.val,
+        warmup=warmup,
+        batches=batches,
+        progress_bar=bar,
+    )
 
 
 class StepInterleave(pl.Callback):
@@ -410,20 +413,16 @@ def run_steps(
 ) -> StepResult:
     """Build the app from ``config``, train ``warmup + rounds`` epochs with the bare loop's steps
     alternating with the app's (:class:`StepInterleave`), return the times."""
-    epochs = warmup + rounds
-    with _app(config, epochs, limit_batches, extra_args) as (trainer, model, data, bare_model):
-        timer = StepInterleave(bare_model, data, epochs, limit_batches)
-        trainer.callbacks.append(timer)  # type: ignore[attr-defined]
-        trainer.fit(model, datamodule=data)
-        return StepResult(
-            pairs=timer.pairs,
-            app=timer.app,
-            bare=timer.bare_times,
-            val=timer.val,
-            warmup=warmup,
-            batches=int(trainer.num_training_batches),
-            progress_bar=_progress_bar(trainer),
-        )
+    timer, batches, bar = _fit(StepInterleave, config, warmup + rounds, limit_batches, extra_args)
+    return StepResult(
+        pairs=timer.pairs,
+        app=timer.app,
+        bare=timer.bare_times,
+        val=timer.val,
+        warmup=warmup,
+        batches=batches,
+        progress_bar=bar,
+    )
 
 
 def format_step_table(result: StepResult) -> str:
