@@ -140,6 +140,26 @@ def test_convert_keeps_hooks_and_mode() -> None:
     assert seen == [torch.Size([4, 2])]
 
 
+def test_hand_composed_layers_keep_tensor_hooks_and_retain_grad() -> None:
+    """Each hand-composed layer is its own node, so a hook or ``retain_grad`` on a layer's output sees
+    the gradient there, as with torch.nn's layers (the backward nodes call ``backward`` straight)."""
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    mine = nn.Sequential(*[manualgrad.convert(copy.deepcopy(m)) for m in ref])
+    assert isinstance(mine[0], mnn.Linear) and isinstance(mine[1], mnn.ReLU)
+    x, y = torch.randn(5, 6), torch.randint(0, 3, (5,))
+    results = []
+    for model, loss in ((ref, nn.CrossEntropyLoss()), (mine, mnn.CrossEntropyLoss())):
+        seen: list[torch.Tensor] = []
+        h = model[0](x)
+        h.retain_grad()
+        h.register_hook(lambda g, seen=seen: seen.append(g.clone()))
+        loss(model[2](model[1](h)), y).backward()
+        results.append((h.grad, seen[0], *(p.grad for p in model.parameters())))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
 def test_graph_contains_only_manualgrad_nodes() -> None:
     model = manualgrad.convert(
         nn.Sequential(
