@@ -131,24 +131,18 @@ class BareLoop:
         return time.perf_counter() - t0, time.process_time() - c0
 
 
-class Interleave(pl.Callback):
-    """Time the app's training epochs and run bare epochs between them in ABBA order.
-
-    ``epochs`` app epochs are trained (then ``trainer.should_stop``); pair ``i`` is app epoch ``i``
-    and bare epoch ``i``; bare epoch ``i`` runs before app epoch ``i`` for even ``i``, after it for
-    odd ``i``. The :class:`BareLoop` is built in ``on_train_start``, once the data module is set up.
-    """
+class _Timer(pl.Callback):
+    """What both ways of interleaving share: the bare loop (built in ``on_train_start``, once the data
+    module is set up), the stop after ``epochs`` app epochs, and each app epoch's validation time
+    (wall and process CPU), which its own time excludes. ``_t0`` is the open app epoch's start."""
 
     def __init__(self, model: MNISTClassifier, data: MNISTDataModule, epochs: int, limit: int | None) -> None:
         self.model, self.data, self.epochs, self.limit = model, data, epochs, limit
         self.bare: BareLoop | None = None
-        self.app: list[float] = []
+        self.app: list[float] = []  # per epoch, seconds
         self.bare_times: list[float] = []
-        self.app_cpu: list[float] = []
-        self.bare_cpu: list[float] = []
         self.val: list[float] = []
         self._t0: float | None = None
-        self._c0 = 0.0
         self._val_t0 = self._val_c0 = 0.0
         self._val_in_epoch = self._val_cpu_in_epoch = 0.0
         self._device = torch.device("cpu")
@@ -156,6 +150,36 @@ class Interleave(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.bare = BareLoop(self.model, self.data, int(trainer.estimated_stepping_batches), self.limit)
         self._device = self.bare.device
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            _sync(self._device)
+            self._val_t0, self._val_c0 = time.perf_counter(), time.process_time()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and self._t0 is not None:
+            _sync(self._device)
+            self._val_in_epoch += time.perf_counter() - self._val_t0
+            self._val_cpu_in_epoch += time.process_time() - self._val_c0
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+class Interleave(_Timer):
+    """Time the app's training epochs and run bare epochs between them in ABBA order.
+
+    ``epochs`` app epochs are trained (then ``trainer.should_stop``); pair ``i`` is app epoch ``i``
+    and bare epoch ``i``; bare epoch ``i`` runs before app epoch ``i`` for even ``i``, after it for
+    odd ``i``.
+    """
+
+    def __init__(self, model: MNISTClassifier, data: MNISTDataModule, epochs: int, limit: int | None) -> None:
+        super().__init__(model, data, epochs, limit)
+        self.app_cpu: list[float] = []
+        self.bare_cpu: list[float] = []
+        self._c0 = 0.0
 
     def _close_app_epoch(self, trainer: pl.Trainer) -> None:
         if self._t0 is None:
@@ -184,21 +208,6 @@ class Interleave(pl.Callback):
         _sync(self._device)
         self._t0, self._c0 = time.perf_counter(), time.process_time()
 
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            _sync(self._device)
-            self._val_t0, self._val_c0 = time.perf_counter(), time.process_time()
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking and self._t0 is not None:
-            _sync(self._device)
-            self._val_in_epoch += time.perf_counter() - self._val_t0
-            self._val_cpu_in_epoch += time.process_time() - self._val_c0
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.current_epoch + 1 >= self.epochs:
-            trainer.should_stop = True
-
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._close_app_epoch(trainer)
         self._run_bare(len(self.app))
@@ -226,7 +235,7 @@ class Result:
         return [a / b for a, b in zip(self.app_cpu[self.warmup :], self.bare_cpu[self.warmup :], strict=True)]
 
 
-Timer = TypeVar("Timer", bound=pl.Callback)
+Timer = TypeVar("Timer", bound=_Timer)
 
 
 def _fit(
@@ -290,7 +299,7 @@ def run(
     )
 
 
-class StepInterleave(pl.Callback):
+class StepInterleave(_Timer):
     """Alternate the app's training steps with the bare loop's, one each (A B A B ...), timing both.
 
     Bare step ``k`` of an epoch runs in the app's ``on_train_batch_end`` of its batch ``k`` (this
@@ -306,31 +315,21 @@ class StepInterleave(pl.Callback):
     """
 
     def __init__(self, model: MNISTClassifier, data: MNISTDataModule, epochs: int, limit: int | None) -> None:
-        self.model, self.data, self.epochs, self.limit = model, data, epochs, limit
-        self.bare: BareLoop | None = None
+        super().__init__(model, data, epochs, limit)
         self.pairs: list[list[tuple[float, float]]] = []  # per epoch: (app step, bare step) seconds
-        self.app: list[float] = []  # per epoch, seconds
-        self.bare_times: list[float] = []
-        self.val: list[float] = []
         self._batches: Iterator[torch.Tensor] = iter(())
-        self._epoch_t0: float | None = None
         self._mark = 0.0  # the end of the last bare step (or the epoch's start)
         self._in_bare = self._bare_sum = 0.0
-        self._val_t0 = 0.0
-        self._device = torch.device("cpu")
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.bare = BareLoop(self.model, self.data, int(trainer.estimated_stepping_batches), self.limit)
-        self._device = self.bare.device
 
     def _close_epoch(self) -> None:
-        if self._epoch_t0 is None:
+        if self._t0 is None:
             return
         _sync(self._device)
-        wall = time.perf_counter() - self._epoch_t0
-        self.app.append(wall - self._in_bare - self.val[-1])
+        wall = time.perf_counter() - self._t0
+        self.app.append(wall - self._in_bare - self._val_in_epoch)
         self.bare_times.append(self._bare_sum)
-        self._epoch_t0 = None
+        self.val.append(self._val_in_epoch)
+        self._t0 = None
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._close_epoch()
@@ -340,9 +339,9 @@ class StepInterleave(pl.Callback):
         self._batches = iter(self.bare.batches(trainer.current_epoch))
         drawn = time.perf_counter() - start
         self.pairs.append([])
-        self.val.append(0.0)
         self._in_bare = self._bare_sum = drawn
-        self._epoch_t0 = start
+        self._val_in_epoch = self._val_cpu_in_epoch = 0.0
+        self._t0 = start
         self._mark = time.perf_counter()
 
     def on_train_batch_end(
@@ -361,20 +360,6 @@ class StepInterleave(pl.Callback):
             self._bare_sum += end - start
         self._in_bare += end - start
         self._mark = end
-
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            _sync(self._device)
-            self._val_t0 = time.perf_counter()
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking and self._epoch_t0 is not None:
-            _sync(self._device)
-            self.val[-1] += time.perf_counter() - self._val_t0
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.current_epoch + 1 >= self.epochs:
-            trainer.should_stop = True
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._close_epoch()
